@@ -1,0 +1,1 @@
+"""tabby datastore package."""

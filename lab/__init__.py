@@ -1,0 +1,1 @@
+"""tabby lab package."""
