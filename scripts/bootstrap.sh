@@ -9,7 +9,7 @@ job="${1:-test}"
 shift || true
 
 APT_PACKAGES=(make iproute2 iptables ipset conntrack etcd-server etcd-client
-              iputils-ping netcat-openbsd tcpdump procps python3-venv)
+              iputils-ping netcat-openbsd tcpdump procps curl python3-venv)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
