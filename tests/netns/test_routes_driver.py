@@ -1,0 +1,131 @@
+"""RouteTable on the real kernel, in a namespace of the test's own."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+
+import pytest
+
+from kernel.routes import IpRouteBackend, NextHop, OpStatus, Route, RouteTable
+from tests.support.netns import NetnsFactory, ns_exec
+
+pytestmark = pytest.mark.netns
+
+
+def net(s: str) -> IPv4Network:
+    n = ip_network(s)
+    assert isinstance(n, IPv4Network)
+    return n
+
+
+def node(netns: NetnsFactory) -> str:
+    ns = netns.new("rt")
+    ns_exec(ns, ["ip", "link", "add", "tbw1", "type", "veth", "peer", "name", "tbp1"])
+    ns_exec(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "up0"])
+    for dev in ("tbw1", "tbp1", "eth0", "up0"):
+        ns_exec(ns, ["ip", "link", "set", dev, "up"])
+    ns_exec(ns, ["ip", "addr", "add", "198.51.100.1/24", "dev", "eth0"])
+    return ns
+
+
+def routes(ns: str, *args: str) -> dict[str, dict[str, object]]:
+    out = json.loads(ns_exec(ns, ["ip", "-j", "route", "show", *args]) or "[]")
+    return {str(r["dst"]): r for r in out}
+
+
+def test_routes_land_with_proto_scope_dev_and_foreign_untouched(netns: NetnsFactory) -> None:
+    ns = node(netns)
+    ns_exec(ns, ["ip", "route", "add", "10.99.0.0/24", "via", "198.51.100.2", "proto", "static"])
+    ns_exec(ns, ["ip", "route", "add", "10.65.9.0/26", "dev", "tbw1", "proto", "80"])  # stale
+    rt = RouteTable(ns, 80, 4)
+    rt.set_routes_for_interface("tbw1", [Route(net("10.65.0.1/32"), ifname="tbw1")])
+    rt.set_routes(
+        [
+            Route(net("10.65.1.0/26"), type="blackhole"),
+            Route(
+                net("10.66.0.0/26"),
+                nexthops=(
+                    NextHop(ip_address("198.51.100.2"), "eth0"),
+                    NextHop(ip_address("198.51.100.3"), "eth0"),
+                ),
+            ),
+            Route(
+                net("10.67.0.0/26"), gateway=ip_address("203.0.113.9"), ifname="eth0", onlink=True
+            ),
+            Route(net("10.99.0.0/24"), ifname="tbw1"),  # held by the static route: conflict
+        ]
+    )
+    res = rt.apply()
+    assert res.conflicts == (net("10.99.0.0/24"),)
+    assert res.added == 4 and res.deleted == 1 and not res.failed
+    got = routes(ns, "proto", "80")
+    assert set(got) == {"10.65.0.1", "10.65.1.0/26", "10.66.0.0/26", "10.67.0.0/26"}
+    assert got["10.65.0.1"]["dev"] == "tbw1" and got["10.65.0.1"]["scope"] == "link"
+    assert got["10.65.1.0/26"]["type"] == "blackhole"
+    assert len(got["10.66.0.0/26"]["nexthops"]) == 2  # type: ignore[arg-type]
+    assert got["10.67.0.0/26"]["flags"] == ["onlink"]
+    static = routes(ns, "proto", "static")
+    assert static["10.99.0.0/24"]["gateway"] == "198.51.100.2"
+    # nothing changed: a fresh read-back agrees, and the next apply writes nothing
+    rt.invalidate()
+    again = rt.apply()
+    assert again.resynced and again.writes == 0
+
+
+def test_missing_interface_pending_then_applied(netns: NetnsFactory) -> None:
+    ns = node(netns)
+    rt = RouteTable(ns, 80, 4)
+    rt.set_routes_for_interface("tbw1", [Route(net("10.65.0.1/32"), ifname="tbw1")])
+    rt.set_routes_for_interface("tbw2", [Route(net("10.65.0.2/32"), ifname="tbw2")])
+    res = rt.apply()
+    assert [(f.dst, f.status) for f in res.failed] == [(net("10.65.0.2/32"), OpStatus.NO_INTERFACE)]
+    assert set(routes(ns, "proto", "80")) == {"10.65.0.1"}
+    assert rt.apply().writes == 0
+    ns_exec(ns, ["ip", "link", "add", "tbw2", "type", "veth", "peer", "name", "tbp2"])
+    ns_exec(ns, ["ip", "link", "set", "tbw2", "up"])
+    rt.on_interface_change("tbw2")
+    res = rt.apply()
+    assert res.added == 1 and not res.failed
+    assert routes(ns, "proto", "80")["10.65.0.2"]["dev"] == "tbw2"
+
+
+def test_bgp_and_felix_tables_do_not_touch_each_other(netns: NetnsFactory) -> None:
+    ns = node(netns)
+    felix = RouteTable(ns, 80, 4)
+    bgp = RouteTable(ns, 81, 4)
+    felix.set_route(Route(net("10.65.0.1/32"), ifname="tbw1"))
+    bgp.set_route(Route(net("10.70.0.0/26"), gateway=ip_address("198.51.100.7")))
+    felix.apply()
+    bgp.apply()
+    bgp.set_routes([])
+    assert bgp.apply().deleted == 1
+    assert set(routes(ns, "proto", "80")) == {"10.65.0.1"}
+    assert routes(ns, "proto", "81") == {}
+
+
+def test_ipv6_routes(netns: NetnsFactory) -> None:
+    ns = node(netns)
+    ns_exec(ns, ["ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad"])
+    rt = RouteTable(ns, 80, 6)
+    dst = IPv6Network("2001:db8:65::1/128")
+    hole = IPv6Network("2001:db8:66::/64")
+    rt.set_routes([Route(dst, ifname="tbw1"), Route(hole, type="blackhole")])
+    res = rt.apply()
+    assert res.added == 2, res
+    rt.invalidate()
+    assert rt.apply().writes == 0
+    got = {
+        r["dst"]: r
+        for r in json.loads(ns_exec(ns, ["ip", "-6", "-j", "route", "show", "proto", "80"]))
+    }
+    assert got["2001:db8:65::1"]["dev"] == "tbw1"
+    assert got["2001:db8:66::/64"]["type"] == "blackhole"
+
+
+def test_backend_dump_sees_protocols(netns: NetnsFactory) -> None:
+    ns = node(netns)
+    ns_exec(ns, ["ip", "route", "add", "10.99.0.0/24", "via", "198.51.100.2", "proto", "static"])
+    dumped = {str(k.route.dst): k.protocol for k in IpRouteBackend(ns).dump(4, 254)}
+    assert dumped["10.99.0.0/24"] == 4
+    assert dumped["198.51.100.0/24"] == 2  # kernel
