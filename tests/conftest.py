@@ -14,7 +14,9 @@ from lab.etcd import EtcdServer
 from tests.support.netns import NetnsFactory
 
 # Kernel drivers refuse to write to the root network namespace for the whole test run.
-os.environ[REQUIRE_ENV] = "1"
+# The value is the root namespace's inode, so agents started under `ip netns exec` (which may not
+# see PID 1's namespace) can still tell whether they are in it.
+os.environ[REQUIRE_ENV] = str(os.stat("/proc/self/ns/net").st_ino)
 
 
 def _require_root() -> None:

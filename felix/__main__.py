@@ -1,0 +1,5 @@
+"""``python -m felix``: same as ``tabby-felix``."""
+
+from felix.main import main
+
+main()
