@@ -1,0 +1,1 @@
+"""Tests against a real etcd server (fixtures ``etcd_endpoint`` and ``private_etcd``)."""
