@@ -29,14 +29,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from datastore.errors import DatastoreError as DatastoreError  # noqa: PLC0414 (re-export)
+
 DEFAULT_PAGE_SIZE = 1000
 
 
 # --- errors -----------------------------------------------------------------------------------
 
-
-class DatastoreError(Exception):
-    """Base of every datastore failure."""
+# DatastoreError (from datastore.errors) is the one base of every datastore failure.
 
 
 class UnavailableError(DatastoreError):
