@@ -7,9 +7,10 @@ loads WorkloadEndpoint-shaped JSON (~1 KB each) under
 GlobalNetworkPolicy JSON under ``.../globalnetworkpolicies/<name>`` with 128-op transactions
 from a few threads, then measures in a FRESH child process per run (so the loader's memory does
 not pollute the peak): wall time from ``Syncer.start()`` to the consumer holding the complete
-snapshot, and peak RSS (``ru_maxrss``) of that process. Bytes-level only: ``measure(decode=...)``
-is the hook for adding the codec's decoding cost later. Results go to docs/bench/syncer.md.
-Targets (with decoding, later): <= 10 s and <= 1 GB.
+snapshot, and peak RSS (``ru_maxrss``) of that process, in two modes: ``bytes`` (the syncer
+alone, updates dropped after counting) and ``decoded`` (what an agent does: every update decoded
+and validated by ``datastore.decoder.ResourceDecoder`` and the typed resources kept in memory).
+Results go to docs/bench/syncer.md. Targets (decoded): <= 10 s and <= 1 GB.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from datastore.decoder import ResourceDecoder
 from datastore.etcd import EtcdConfig, EtcdKVStore
 from datastore.kv import MAX_TXN_OPS, PutOp
 from datastore.syncer import Syncer, SyncStatus, Update
@@ -211,9 +213,25 @@ def measure(
     }
 
 
-def _child(endpoint: str, expected: int) -> dict[str, float | int]:
+def decoded_consumer() -> Callable[[Update], object]:
+    """Decode and validate every update and keep the resources, as an agent would."""
+    decoder = ResourceDecoder()
+    held: dict[str, object] = {}
+
+    def consume(u: Update) -> object:
+        ru = decoder.decode(u)
+        if ru is None or ru.resource is None:
+            held.pop(u.key, None)
+        else:
+            held[u.key] = ru.resource
+        return ru
+
+    return consume
+
+
+def _child(endpoint: str, expected: int, mode: str) -> dict[str, float | int]:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.bench_syncer", "--measure", endpoint, str(expected)],
+        [sys.executable, "-m", "bench.bench_syncer", "--measure", endpoint, str(expected), mode],
         check=True,
         capture_output=True,
         text=True,
@@ -233,10 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", type=int, default=2_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-write", action="store_true", help="do not write docs/bench/syncer.md")
-    ap.add_argument("--measure", nargs=2, metavar=("ENDPOINT", "EXPECTED"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--measure", nargs=3, metavar=("ENDPOINT", "EXPECTED", "MODE"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
+        decode = decoded_consumer() if args.measure[2] == "decoded" else None
+        print(json.dumps(measure(args.measure[0], int(args.measure[1]), decode)))
         return 0
 
     expected = args.weps + args.policies
@@ -250,21 +271,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"avg WEP {len(wep(1)[1])} B) in {load_s:.1f} s"
             )
             runs = []
-            for r in range(args.repeat):
-                res = _child(server.endpoint, expected)
+            for r in range(args.repeat * 2):
+                mode = "bytes" if r % 2 == 0 else "decoded"
+                res = _child(server.endpoint, expected, mode)
+                res["mode"] = mode  # type: ignore[assignment]
                 runs.append(res)
                 print(
-                    f"run {r + 1}: wall {res['wall_s']:.2f} s (IN_SYNC status at "
+                    f"run {r + 1} ({mode}): wall {res['wall_s']:.2f} s (IN_SYNC status at "
                     f"{res['in_sync_status_s']:.2f} s), peak RSS {_mib(res['peak_rss_bytes'])} "
                     f"(before syncer {_mib(res['rss_before_bytes'])}), batches {res['batches']}"
                 )
         finally:
             server.stop()  # by PID, even on failure
-    wall = statistics.median(float(r["wall_s"]) for r in runs)
-    rss = statistics.median(float(r["peak_rss_bytes"]) for r in runs)
-    print(f"median: wall {wall:.2f} s, peak RSS {_mib(rss)}")
+    summary = {}
+    for mode in ("bytes", "decoded"):
+        sel = [r for r in runs if r["mode"] == mode]  # type: ignore[comparison-overlap]
+        wall = statistics.median(float(r["wall_s"]) for r in sel)
+        rss = statistics.median(float(r["peak_rss_bytes"]) for r in sel)
+        summary[mode] = (wall, rss)
+        print(f"median ({mode}): wall {wall:.2f} s, peak RSS {_mib(rss)}")
     if not args.no_write:
-        _write_results(args, runs, load_s, value_bytes, wall, rss)
+        _write_results(args, runs, load_s, value_bytes, summary)
     return 0
 
 
@@ -273,20 +300,19 @@ def _write_results(
     runs: list[dict[str, float | int]],
     load_s: float,
     value_bytes: int,
-    wall: float,
-    rss: float,
+    summary: dict[str, tuple[float, float]],
 ) -> None:
     etcd_version = subprocess.run(
         ["etcd", "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]
     rows = "\n".join(
-        f"| {i + 1} | {r['wall_s']:.2f} | {r['in_sync_status_s']:.2f} | "
+        f"| {i + 1} | {r['mode']} | {r['wall_s']:.2f} | {r['in_sync_status_s']:.2f} | "
         f"{_mib(r['peak_rss_bytes'])} | {_mib(r['rss_before_bytes'])} | {r['batches']} |"
         for i, r in enumerate(runs)
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
-        f"""# Syncer benchmark (bytes level)
+        f"""# Syncer start-of-day benchmark
 
 Command: `.venv/bin/python -m bench.bench_syncer --weps {args.weps} --policies {args.policies} \
 --repeat {args.repeat}`
@@ -298,14 +324,18 @@ GlobalNetworkPolicy JSON values ({_mib(value_bytes)} of values), loaded in {load
 
 Measured in a fresh child process per run: wall time from `Syncer.start()` until the consumer
 has taken every update and a batch reported `in_sync`; peak RSS is `ru_maxrss` of that process
-(Python + grpc + syncer + the consumer holding nothing: updates are dropped after counting).
-No decoding yet: `measure(decode=...)` is the hook; the targets (<= 10 s, <= 1 GB) include it.
+(Python + grpc + syncer + consumer). Mode `bytes`: the consumer drops updates after counting
+them. Mode `decoded`: every value is decoded and validated by `ResourceDecoder` (the codec
+agents use) and the typed resources are kept in a dict, as an agent holds its state.
+Targets for the decoded mode: <= 10 s and <= 1 GB.
 
-| run | wall (s) | IN_SYNC status (s) | peak RSS | RSS before start | batches |
-|---|---|---|---|---|---|
+| run | mode | wall (s) | IN_SYNC status (s) | peak RSS | RSS before start | batches |
+|---|---|---|---|---|---|---|
 {rows}
 
-Median: **{wall:.2f} s**, **{_mib(rss)}** peak RSS.
+Median, bytes: **{summary["bytes"][0]:.2f} s**, **{_mib(summary["bytes"][1])}** peak RSS.
+Median, decoded and held: **{summary["decoded"][0]:.2f} s**, **{_mib(summary["decoded"][1])}**
+peak RSS.
 """
     )
     print(f"wrote {RESULTS}")
