@@ -61,7 +61,16 @@ def _k(kind: str, plural: str, namespaced: bool, *aliases: str) -> KindInfo:
 WORKLOAD_ENDPOINT = _k("WorkloadEndpoint", "workloadendpoints", True, "wep", "weps")
 HOST_ENDPOINT = _k("HostEndpoint", "hostendpoints", False, "hep", "heps")
 NETWORK_POLICY = _k(
-    "NetworkPolicy", "networkpolicies", True, "policy", "policies", "np", "pol", "pols"
+    "NetworkPolicy",
+    "networkpolicies",
+    True,
+    "policy",
+    "policies",
+    "np",
+    "pol",
+    "pols",
+    "netpol",
+    "netpols",
 )
 GLOBAL_NETWORK_POLICY = _k("GlobalNetworkPolicy", "globalnetworkpolicies", False, "gnp", "gnps")
 PROFILE = _k("Profile", "profiles", False, "pro", "pros")
