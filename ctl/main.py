@@ -2,7 +2,8 @@
 
 Role: parse the command line (click), load and validate manifests (``ctl.manifests``), talk to
 etcd through ``datastore.client.ResourceClient`` and print results (``ctl.output``).
-Commands: ``apply``, ``create``, ``replace``, ``delete``, ``get``, ``validate``, ``version``.
+Commands: ``apply``, ``create``, ``replace``, ``delete``, ``get``, ``validate``, ``version``,
+``ipam show|check|release`` (``ctl.ipam``).
 Inputs: arguments, manifest files/directories/stdin, the connection from ``--etcd-endpoints``
 or calicoctl's ``ETCD_ENDPOINTS``/``ETCD_CA_CERT_FILE``/``ETCD_CERT_FILE``/``ETCD_KEY_FILE``.
 Outputs: results on stdout; errors on stderr as one line each (``error: ...``), never a
@@ -31,7 +32,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from ctl import manifests, output
+from ctl import ipam, manifests, output
 from datastore import errors as ds_errors
 from datastore import kv
 from datastore.client import (
@@ -496,6 +497,13 @@ def version() -> None:
     except importlib.metadata.PackageNotFoundError:
         v = "unknown"
     click.echo(f"Client Version:    {v}")
+
+
+cli.add_command(
+    ipam.command_group(
+        connect=_client, guard=_guarded, connection_options=_connection_options, fail=_fail
+    )
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

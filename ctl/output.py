@@ -189,7 +189,7 @@ WIDE_COLUMNS: dict[str, list[tuple[str, Getter]]] = {
 }
 
 
-def _format_rows(rows: Sequence[Sequence[str]]) -> str:
+def format_rows(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
@@ -214,7 +214,7 @@ def render_table(
         row = ([r.namespace or ""] if show_namespace else []) + [r.name]
         row.extend(get(d) for _, get in extra)
         rows.append(row)
-    return _format_rows(rows)
+    return format_rows(rows)
 
 
 def render(
