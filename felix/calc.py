@@ -268,8 +268,10 @@ class Calculator:
     def _effective(self, ep: Endpoint) -> FrozenLabels:
         if not ep.profiles:
             return ep.labels
+        # Calico's label inheritance: own labels first, then each profile in order, so an
+        # earlier profile's label wins over a later one's (apply them last to first).
         merged: dict[str, str] = {}
-        for prof_name in ep.profiles:
+        for prof_name in reversed(ep.profiles):
             prof = self._profiles.get(prof_name)
             if prof is not None:
                 merged.update(prof.labels_to_apply)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import logging
+import math
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -84,9 +85,14 @@ def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``1m30s``, ``500ms`` -> seconds."""
     text = text.strip()
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        # float() also takes "nan", "inf" and negative numbers: none is a duration.
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"not a duration: {text!r}")
+        return value
     pos, total = 0, 0.0
     for m in _DURATION.finditer(text):
         if m.start() != pos:
@@ -145,6 +151,16 @@ def _int(text: str) -> int:
     return int(text.strip(), 0)
 
 
+def _check_mark_mask(mask: int) -> int:
+    if not 0 <= mask <= 0xFFFFFFFF or bin(mask).count("1") < 2:
+        raise ValueError(f"{mask:#x} needs at least two bits within 32 bits")
+    return mask
+
+
+def _mark_mask(text: str) -> int:
+    return _check_mark_mask(_int(text))
+
+
 # Calico name -> (FelixConfig attribute, parser for text sources, bootstrap-only)
 @dataclass(frozen=True, slots=True)
 class Param:
@@ -180,7 +196,7 @@ PARAMS: tuple[Param, ...] = (
     Param("FailsafeInboundHostPorts", "failsafe_inbound_host_ports", parse_ports),
     Param("FailsafeOutboundHostPorts", "failsafe_outbound_host_ports", parse_ports),
     Param("Ipv6Support", "ipv6_support", parse_bool),
-    Param("IptablesMarkMask", "iptables_mark_mask", _int),
+    Param("IptablesMarkMask", "iptables_mark_mask", _mark_mask),
     Param("HealthEnabled", "health_enabled", parse_bool),
     Param("HealthHost", "health_host", str.strip),
     Param("HealthPort", "health_port", _int),
@@ -206,6 +222,8 @@ def _from_spec(spec: FelixConfigurationSpec, param: Param) -> Any:
         return None
     if isinstance(value, str):
         return param.parse(value)
+    if attr == "iptables_mark_mask":
+        return _check_mark_mask(value)
     return value
 
 

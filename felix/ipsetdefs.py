@@ -108,7 +108,11 @@ def _side_sets(entity: EntityRule, namespace: str | None, protocol: int | None) 
         selector=SetDef.for_selector(selector) if selector is not None else None,
         not_selector=SetDef.for_selector(not_selector) if not_selector is not None else None,
         named_ports=tuple(SetDef.for_named_port(port_selector, p.name, proto) for p in named),
-        not_named_ports=tuple(SetDef.for_named_port(ALL, p.name, proto) for p in not_named),
+        # As for ``ports`` (and policy.engine): a named port in ``notPorts`` excludes the port
+        # only when an endpoint matching the side's selector declares it.
+        not_named_ports=tuple(
+            SetDef.for_named_port(port_selector, p.name, proto) for p in not_named
+        ),
     )
 
 

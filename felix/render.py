@@ -22,8 +22,10 @@ profile chains tby-pri-/tby-pro-<hash>.
 Verdict protocol between chains (Calico's): an endpoint chain clears the ACCEPT and PASS mark
 bits, then per tier calls each policy chain while PASS is clear; a policy chain sets ACCEPT or
 PASS and RETURNs, or DROPs. After each call the endpoint chain RETURNs if ACCEPT is set. A tier
-with applicable policies where none set ACCEPT or PASS ends in DROP. Profiles run after the
-tiers. Nothing accepted: DROP. Callers ACCEPT packets coming back with the ACCEPT bit set.
+with applicable policies where none set ACCEPT or PASS ends in DROP (normal and forward chains
+only: untracked and pre-DNAT chains fall through to the normal policy in filter, as Calico's).
+Profiles run after the tiers. Nothing accepted: DROP. Callers ACCEPT packets coming back with
+the ACCEPT bit set.
 
 Invariants: output depends only on the inputs; chain names are <= 28 characters; every
 interface with the workload prefix that is not a known endpoint is dropped (fail closed); a
@@ -198,6 +200,8 @@ def _side_matches(
     elif sets.nets is not None:
         base.append(f"-m set --match-set {ipset_name(sets.nets.id, v)} {direction}")
     not_nets = [n for n in entity.not_nets if _family(n) == v]
+    if entity.not_nets and not not_nets:
+        return None  # like nets: a list with no net of this family never matches here
     if len(entity.not_nets) == 1 and not_nets:
         base.append(f"! {flag} {not_nets[0]}")
     elif sets.not_nets is not None and not_nets:
@@ -297,6 +301,9 @@ def endpoint_rules(
                 Rule(f"-m mark --mark 0x0/{pas}", "-j DROP", f"end of tier {tier.name}: drop")
             )
     for prof in profiles:
+        # A Pass in the last tier (or in the previous profile) left PASS set: clear it, or the
+        # profile chain's "return if PASS" would end the profile before its first rule.
+        out.append(Rule("", f"-j MARK --set-xmark 0x0/{pas}"))
         out.append(Rule("", f"-j {profile_chain(prof, direction)}"))
         out.append(Rule(f"-m mark --mark {acc}/{acc}", on_accept))
     if no_match:
@@ -379,6 +386,12 @@ def _hep_ifaces(
     return sorted(out, key=lambda x: x[0]) + wildcard[:1]
 
 
+def _existing(profiles: Sequence[str], state: DesiredState) -> tuple[str, ...]:
+    """The profiles that exist (have chains); a missing one allows nothing and is skipped, as
+    a jump to a missing chain would make iptables-restore reject the endpoint's chains."""
+    return tuple(p for p in profiles if p in state.profiles)
+
+
 def render_filter(
     state: DesiredState,
     v: IpVersion,
@@ -406,12 +419,9 @@ def render_filter(
     to_wl: list[Rule] = []
     for plan in workloads:
         iface = plan.endpoint.iface or ""
-        tw = b.add(
-            endpoint_chain("tw", iface), endpoint_rules(plan.ingress, plan.profiles, "ingress", cfg)
-        )
-        fw = b.add(
-            endpoint_chain("fw", iface), endpoint_rules(plan.egress, plan.profiles, "egress", cfg)
-        )
+        profs = _existing(plan.profiles, state)
+        tw = b.add(endpoint_chain("tw", iface), endpoint_rules(plan.ingress, profs, "ingress", cfg))
+        fw = b.add(endpoint_chain("fw", iface), endpoint_rules(plan.egress, profs, "egress", cfg))
         for src in _spoof_sources(plan, v):
             from_wl.append(Rule(f"-i {iface} -s {src}", f"-g {fw}"))
         from_wl.append(Rule(f"-i {iface}", "-j DROP", "source address is not the workload address"))
@@ -439,12 +449,9 @@ def render_filter(
     from_hep_fwd: list[Rule] = []
     to_hep_fwd: list[Rule] = []
     for iface, plan in heps:
-        fh = b.add(
-            endpoint_chain("fh", iface), endpoint_rules(plan.ingress, plan.profiles, "ingress", cfg)
-        )
-        th = b.add(
-            endpoint_chain("th", iface), endpoint_rules(plan.egress, plan.profiles, "egress", cfg)
-        )
+        profs = _existing(plan.profiles, state)
+        fh = b.add(endpoint_chain("fh", iface), endpoint_rules(plan.ingress, profs, "ingress", cfg))
+        th = b.add(endpoint_chain("th", iface), endpoint_rules(plan.egress, profs, "egress", cfg))
         # Forwarded traffic: only applyOnForward policies; none applying = allowed (Calico).
         fwd_no_match = "-j DROP"
         fhf = b.add(
@@ -596,31 +603,27 @@ def render_raw(
             if plan.untracked_ingress:
                 ch = b.add(
                     endpoint_chain("fhu", iface),
-                    [
-                        *endpoint_rules(
-                            plan.untracked_ingress,
-                            (),
-                            "ingress",
-                            cfg,
-                            end_of_tier_drop=True,
-                            no_match="",
-                        )[: -0 or None],
-                    ],
+                    endpoint_rules(
+                        plan.untracked_ingress,
+                        (),
+                        "ingress",
+                        cfg,
+                        end_of_tier_drop=False,
+                        no_match="",
+                    ),
                 )
                 pre.append(Rule(m_in, f"-j {ch}"))
             if plan.untracked_egress:
                 ch = b.add(
                     endpoint_chain("thu", iface),
-                    [
-                        *endpoint_rules(
-                            plan.untracked_egress,
-                            (),
-                            "egress",
-                            cfg,
-                            end_of_tier_drop=True,
-                            no_match="",
-                        ),
-                    ],
+                    endpoint_rules(
+                        plan.untracked_egress,
+                        (),
+                        "egress",
+                        cfg,
+                        end_of_tier_drop=False,
+                        no_match="",
+                    ),
                 )
                 outp.append(Rule(m_out, f"-j {ch}"))
         pre += [Rule(notrack, "-j CT --notrack"), Rule(notrack, "-j ACCEPT")]
@@ -660,7 +663,13 @@ def render_mangle(
             ch = b.add(
                 endpoint_chain("fhp", iface),
                 endpoint_rules(
-                    plan.pre_dnat_ingress, (), "ingress", cfg, no_match="", on_accept="-j ACCEPT"
+                    plan.pre_dnat_ingress,
+                    (),
+                    "ingress",
+                    cfg,
+                    end_of_tier_drop=False,
+                    no_match="",
+                    on_accept="-j ACCEPT",
                 ),
             )
             pre.append(Rule(m_in, f"-g {ch}"))

@@ -231,7 +231,7 @@ def main(ctx: click.Context, name: str, state_root: Path) -> None:
     help="Agents to run on every node.",
 )
 @click.pass_context
-def up(  # noqa: PLR0917 (click passes options positionally)
+def up(
     ctx: click.Context,
     nodes: int,
     subnets: int,

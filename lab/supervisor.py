@@ -116,6 +116,7 @@ class Supervisor:
                 "ETCD_ENDPOINTS": "http://127.0.0.1:2379",
                 "FELIX_HEALTHHOST": "127.0.0.1",
                 "TABBY_EXPECT_NETNS": node.netns,
+                "TABBY_BGP_STATE_DIR": str(self.state_dir / "nodes" / node.name / "bgp"),
             }
             for name in agents:
                 self.agents.append(

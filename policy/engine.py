@@ -635,7 +635,7 @@ def _describe(label: str, end: _End) -> str:
     return f"{label} {end.ip}: " + ", ".join(o.name or "(unnamed)" for o in end.owners)
 
 
-def evaluate(  # noqa: PLR0917 (the positional signature is the documented API)
+def evaluate(
     direction: Direction,
     packet: Packet,
     policies: Sequence[PolicyView],

@@ -1,0 +1,580 @@
+"""The tabby-bgp agent: datastore -> peers/announcements -> ExaBGP; ExaBGP -> RIB -> kernel.
+
+Role: the composition root of the BGP agent. One asyncio loop runs: the syncer consumer (Nodes,
+BGPConfigurations, BGPPeers, IPPools and this node's block affinities), the API server that the
+ExaBGP API process (``bgp.api_bridge``) connects to, and the control loop that keeps ExaBGP's
+configuration, our announcements and the kernel routes (proto 81) in line with the state.
+Inputs: etcd (via ``datastore.syncer``), ExaBGP JSON events. Outputs: ExaBGP configuration and
+commands, kernel routes, a status document (``/status`` on the health port).
+Invariants:
+- every command to ExaBGP is acknowledged; at most ``AckTracker.window`` are in flight;
+- after a (re)start of ExaBGP, all announcements are re-sent before End-of-RIB is sent to a peer
+  (``manual-eor``), so graceful-restart peers keep our routes without a change;
+- at agent start, kernel routes already carrying our protocol are kept until the initial
+  convergence (every established peer sent End-of-RIB, or the restart time passed): a restarted
+  agent changes no route that is still right;
+- a session going down keeps its routes as stale for the peer's restart time (graceful restart
+  receiver), then drops them; without graceful restart they are dropped at once;
+- only routes with our protocol are ever written (``kernel.routes.RouteTable``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
+from pathlib import Path
+from typing import Any
+
+from bgp import exabgp_api as api
+from bgp.exabgp_config import render_config
+from bgp.exabgp_proc import ExabgpProcess
+from bgp.kernel_routes import announcements, blackhole_routes, desired_routes
+from bgp.model import (
+    BGPConfig,
+    BGPPeerInfo,
+    NodeInfo,
+    PeerSpec,
+    PoolInfo,
+    from_bgpconfig_resources,
+    from_bgppeer_resource,
+    from_ippool_resource,
+    from_node_resource,
+)
+from bgp.peers import desired_peers
+from bgp.rib import Rib
+from datastore import kinds
+from datastore.decoder import ResourceDecoder
+from datastore.etcd import EtcdConfig, EtcdKVStore
+from datastore.keys import kind_prefix
+from datastore.kv import KVStore
+from datastore.model import Resource
+from datastore.syncer import Syncer, Update
+from kernel.routes import PROTO_BGP, Route, RouteTable
+
+log = logging.getLogger(__name__)
+
+BGP_KINDS = (kinds.NODE, kinds.BGP_CONFIGURATION, kinds.BGP_PEER, kinds.IP_POOL)
+AFFINITY_ROOT = "/calico/ipam/v2/host/"
+
+
+@dataclass(frozen=True, slots=True)
+class BgpSettings:
+    node_name: str
+    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_ca_file: str | None = None
+    etcd_cert_file: str | None = None
+    etcd_key_file: str | None = None
+    state_dir: Path = Path("/run/tabby-bgp")
+    health_host: str = "127.0.0.1"
+    health_port: int = 9098
+    health_enabled: bool = True
+    ecmp: bool = True
+    route_reflector: bool = False
+
+
+@dataclass
+class PeerStatus:
+    spec: PeerSpec
+    state: str = "idle"
+    since: float = field(default_factory=time.time)
+    received: int = 0
+    router_id: IPv4Address | None = None
+    graceful_restart: int | None = None
+    eor_sent: bool = False
+    eor_received: bool = False
+
+
+class BgpAgent:
+    def __init__(
+        self,
+        settings: BgpSettings,
+        *,
+        store_factory: Callable[[], KVStore] | None = None,
+        routes: RouteTable | None = None,
+    ) -> None:
+        self.s = settings
+        cfg = EtcdConfig(
+            endpoints=settings.etcd_endpoints,
+            ca_cert_file=settings.etcd_ca_file,
+            cert_file=settings.etcd_cert_file,
+            key_file=settings.etcd_key_file,
+        )
+        self._store_factory = store_factory or (lambda: EtcdKVStore(cfg))
+        me = settings.node_name
+        self.syncer = Syncer(
+            self._store_factory,
+            [*(kind_prefix(k.kind) for k in BGP_KINDS), f"{AFFINITY_ROOT}{me}/"],
+            name="bgp-syncer",
+        )
+        self.decoder = ResourceDecoder()
+        self.nodes: dict[str, Resource] = {}
+        self.bgp_configs: dict[str, Resource] = {}
+        self.bgp_peers: dict[str, Resource] = {}
+        self.pools: dict[str, Resource] = {}
+        self.my_blocks: set[IPv4Network] = set()
+        self.in_sync = False
+        self.routes = routes if routes is not None else RouteTable(None, PROTO_BGP, 4)
+        self.exabgp = ExabgpProcess(settings.state_dir)
+        self.rib = Rib(ecmp=settings.ecmp)
+        self.acks = api.AckTracker(window=2000)
+        self.peers: dict[IPv4Address, PeerStatus] = {}
+        self.announced: set[IPv4Network] = set()
+        self._writer: asyncio.StreamWriter | None = None
+        self._outbox: list[str] = []
+        self._eor_pending: set[IPv4Address] = set()
+        self._work = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self._converged = False
+        self._keep: dict[Any, Route] = {}  # kernel routes found at start, kept until converged
+        self.exit_code = 0
+
+    # ------------------------------------------------------------------ datastore
+    def _on_update(self, upd: Update) -> None:
+        if upd.key.startswith(AFFINITY_ROOT):
+            tail = upd.key.rsplit("/", 1)[-1]
+            try:
+                net = ip_network(tail.replace("-", "/"))
+            except ValueError:
+                return
+            if not isinstance(net, IPv4Network):
+                return
+            confirmed = False
+            if upd.value is not None:
+                try:
+                    confirmed = json.loads(upd.value).get("state") == "confirmed"
+                except (ValueError, AttributeError):
+                    confirmed = False
+            if confirmed:
+                self.my_blocks.add(net)
+            else:
+                self.my_blocks.discard(net)
+            return
+        ru = self.decoder.decode(upd)
+        if ru is None:
+            return
+        table = {
+            kinds.NODE.kind: self.nodes,
+            kinds.BGP_CONFIGURATION.kind: self.bgp_configs,
+            kinds.BGP_PEER.kind: self.bgp_peers,
+            kinds.IP_POOL.kind: self.pools,
+        }.get(ru.info.kind)
+        if table is None:
+            return
+        if ru.resource is None:
+            table.pop(ru.name, None)
+        else:
+            table[ru.name] = ru.resource
+
+    async def _consume(self) -> None:
+        while not self._stop.is_set():
+            batch = await self.syncer.next_batch_async(timeout=1.0)
+            for upd in batch.updates:
+                self._on_update(upd)
+            if batch.in_sync and not self.in_sync:
+                self.in_sync = True
+                log.info(
+                    "bgp.in_sync nodes=%d pools=%d blocks=%d",
+                    len(self.nodes),
+                    len(self.pools),
+                    len(self.my_blocks),
+                )
+            if batch.updates or batch.in_sync:
+                self._work.set()
+
+    # ------------------------------------------------------------------ calculation
+    def _node_infos(self) -> dict[str, NodeInfo]:
+        out = {}
+        for name, res in self.nodes.items():
+            try:
+                out[name] = from_node_resource(res)
+            except ValueError as exc:
+                log.warning("bgp.bad_node name=%s error=%s", name, exc)
+        return out
+
+    def _config(self) -> BGPConfig:
+        return from_bgpconfig_resources(
+            self.bgp_configs.get("default"), self.bgp_configs.get(f"node.{self.s.node_name}")
+        )
+
+    def _peer_infos(self) -> list[BGPPeerInfo]:
+        out = []
+        for name, res in sorted(self.bgp_peers.items()):
+            try:
+                out.append(from_bgppeer_resource(res))
+            except ValueError as exc:
+                log.warning("bgp.bad_peer name=%s error=%s", name, exc)
+        return out
+
+    def _pool_infos(self) -> list[PoolInfo]:
+        return [from_ippool_resource(r) for _, r in sorted(self.pools.items())]
+
+    def my_address(self) -> IPv4Interface | None:
+        node = self._node_infos().get(self.s.node_name)
+        return node.ipv4_address if node is not None else None
+
+    # ------------------------------------------------------------------ ExaBGP I/O
+    def _send(self, command: str) -> None:
+        self._outbox.append(command)
+        self._flush()
+
+    def _flush(self) -> None:
+        w = self._writer
+        if w is None:
+            return
+        while self._outbox and self.acks.can_send():
+            cmd = self._outbox.pop(0)
+            self.acks.sent(cmd)
+            w.write(cmd.encode() + b"\n")
+
+    async def _api_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            log.warning("bgp.api_second_connection action=replace")
+            self._writer.close()
+        log.info("bgp.api_connected")
+        self._writer = writer
+        self.acks.reset()
+        self._outbox.clear()
+        self.announced.clear()  # a new ExaBGP knows nothing: announce everything again
+        self._work.set()
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                self._on_event(api.parse_line(line.decode(errors="replace")))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if self._writer is writer:
+                self._writer = None
+                log.warning("bgp.api_disconnected")
+                for peer in list(self.peers):
+                    self._peer_down(peer, "api disconnected")
+            writer.close()
+
+    def _on_event(self, ev: api.Event) -> None:
+        if isinstance(ev, api.Ack):
+            with contextlib.suppress(api.ExabgpApiError):
+                self.acks.on_ack(ev)
+            self._flush()
+            self._maybe_send_eor()
+            return
+        if isinstance(ev, api.StateEvent):
+            peer = ev.session.peer
+            if not isinstance(peer, IPv4Address):
+                return
+            st = self.peers.get(peer)
+            if st is None:
+                return
+            if ev.state == "up":
+                st.state, st.since = "established", time.time()
+                st.eor_sent = st.eor_received = False
+                self._eor_pending.add(peer)
+                log.info("bgp.session_up peer=%s", peer)
+                self._maybe_send_eor()
+            elif ev.state == "down":
+                self._peer_down(peer, ev.reason)
+            else:
+                st.state = ev.state
+            self._work.set()
+        elif isinstance(ev, api.OpenEvent):
+            st = self.peers.get(ev.session.peer)  # type: ignore[arg-type]
+            if st is not None and ev.direction == "receive":
+                st.router_id = ev.router_id
+                st.graceful_restart = ev.graceful_restart_time
+        elif isinstance(ev, api.UpdateEvent):
+            peer = ev.session.peer
+            st = self.peers.get(peer)  # type: ignore[arg-type]
+            rid = st.router_id if st is not None else None
+            for prefix, path in ev.paths(rid):
+                self.rib.update(peer, prefix, path)
+            for prefix in ev.withdrawn:
+                self.rib.update(peer, prefix, None)
+            if st is not None:
+                st.received = len(self.rib.paths(peer))
+            self._work.set()
+        elif isinstance(ev, api.EorEvent):
+            self.rib.eor(ev.session.peer)
+            st = self.peers.get(ev.session.peer)  # type: ignore[arg-type]
+            if st is not None:
+                st.eor_received = True
+            self._work.set()
+        elif isinstance(ev, api.NotificationEvent):
+            log.warning(
+                "bgp.notification peer=%s code=%d subcode=%d %s",
+                ev.session.peer,
+                ev.code,
+                ev.subcode,
+                ev.message,
+            )
+
+    def _peer_down(self, peer: IPv4Address, reason: str) -> None:
+        st = self.peers.get(peer)
+        if st is not None and st.state == "established":
+            log.warning("bgp.session_down peer=%s reason=%s", peer, reason)
+        restart = st.graceful_restart if st is not None else None
+        if restart:
+            self.rib.peer_down(peer, stale=True, now=time.monotonic(), restart_time=restart)
+        else:
+            self.rib.peer_down(peer)
+        if st is not None:
+            st.state, st.since = "down", time.time()
+        self._eor_pending.discard(peer)
+        self._work.set()
+
+    def _maybe_send_eor(self) -> None:
+        """End-of-RIB to newly established peers once every announcement was acknowledged."""
+        if self._outbox or self.acks.pending or not self._eor_pending:
+            return
+        if not self._announcements_current():
+            return
+        for peer in sorted(self._eor_pending):
+            self._send(api.announce_eor(peer))
+            st = self.peers.get(peer)
+            if st is not None:
+                st.eor_sent = True
+        self._eor_pending.clear()
+
+    # ------------------------------------------------------------------ reconcile
+    def _wanted_announcements(self) -> set[IPv4Network]:
+        return set(announcements(self.my_blocks, self._pool_infos(), self.my_address()))
+
+    def _announcements_current(self) -> bool:
+        return self.announced == self._wanted_announcements()
+
+    def _reconcile_exabgp(self) -> None:
+        me = self.my_address()
+        if me is None:
+            log.warning("bgp.no_address node=%s (Node.spec.bgp.ipv4Address)", self.s.node_name)
+            return
+        nodes = self._node_infos()
+        labels = {n: dict(r.metadata.labels) for n, r in self.nodes.items()}
+        cfg = self._config()
+        peers = desired_peers(self.s.node_name, nodes, cfg, self._peer_infos(), labels)
+        wanted = {p.address: p for p in peers}
+        for addr in list(self.peers):
+            if addr not in wanted:
+                self._peer_down(addr, "peer removed")
+                del self.peers[addr]
+        for addr, spec in wanted.items():
+            st = self.peers.get(addr)
+            if st is None:
+                self.peers[addr] = PeerStatus(spec)
+            else:
+                st.spec = spec
+        api_cmd = [sys.executable, "-m", "bgp.api_bridge", str(self.s.state_dir / "api.sock")]
+        text = render_config(me.ip, me.ip, cfg.listen_port, peers, api_cmd)
+        if self.exabgp.write_config(text):
+            if self.exabgp.running:
+                self.exabgp.reload()
+            else:
+                self.exabgp.next_start = 0.0
+        self.exabgp.check(time.monotonic())
+
+    def _reconcile_announcements(self) -> None:
+        if self._writer is None:
+            return
+        me = self.my_address()
+        if me is None:
+            return
+        wanted = self._wanted_announcements()
+        for prefix in sorted(wanted - self.announced):
+            self._send(api.announce_route(None, prefix, me.ip))
+        for prefix in sorted(self.announced - wanted):
+            self._send(api.withdraw_route(None, prefix))
+        self.announced = wanted
+        self._maybe_send_eor()
+
+    def _converged_now(self) -> bool:
+        if self._converged:
+            return True
+        established = [st for st in self.peers.values() if st.state == "established"]
+        everyone = bool(self.peers) and all(
+            st.state == "established" and st.eor_received for st in self.peers.values()
+        )
+        timeout = max((st.spec.restart_time for st in self.peers.values()), default=0)
+        if everyone or not self.peers or time.monotonic() - self._started > min(timeout, 60):
+            self._converged = True
+            log.info("bgp.converged peers=%d established=%d", len(self.peers), len(established))
+        return self._converged
+
+    def _reconcile_kernel(self) -> None:
+        me = self.my_address()
+        if me is None:
+            return
+        self.rib.expire_stale(time.monotonic())
+        best = {p: self.rib.best(p) for p in self.rib.prefixes()}
+        node_addrs = {n.ipv4_address.ip for n in self._node_infos().values() if n.ipv4_address}
+        desired = desired_routes(
+            best,
+            my_address=me,
+            my_blocks=self.my_blocks,
+            pools=self._pool_infos(),
+            node_addresses=node_addrs,
+        )
+        routes: dict[Any, Route] = dict(desired)
+        for r in blackhole_routes(self.my_blocks):
+            routes[r.dst] = r
+        if not self._converged_now():
+            for dst, r in self._keep.items():
+                routes.setdefault(dst, r)
+        else:
+            self._keep.clear()
+        self.routes.set_routes(routes.values())
+        res = self.routes.apply()
+        if res.writes:
+            log.info(
+                "bgp.routes added=%d replaced=%d deleted=%d failed=%d",
+                res.added,
+                res.replaced,
+                res.deleted,
+                len(res.failed),
+            )
+
+    async def _control(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), 0.5)
+            self._work.clear()
+            if not self.in_sync:
+                continue
+            try:
+                self._reconcile_exabgp()
+                self._reconcile_announcements()
+                self._reconcile_kernel()
+            except Exception:
+                log.exception("bgp.reconcile_failed")
+
+    # ------------------------------------------------------------------ status / health
+    def status(self) -> dict[str, Any]:
+        me = self.my_address()
+        nodes = self._node_infos()
+        mine = nodes.get(self.s.node_name)
+        role = "mesh"
+        if mine is not None and mine.route_reflector_cluster_id is not None:
+            role = "route-reflector"
+        elif not self._config().node_to_node_mesh_enabled:
+            role = "client"
+        installed = {str(d) for d in self.routes.desired_routes()}
+        peers = []
+        for addr, st in sorted(self.peers.items()):
+            got = self.rib.paths(addr)
+            peers.append(
+                {
+                    "peer": str(addr),
+                    "type": st.spec.kind,
+                    "name": st.spec.name,
+                    "state": st.state,
+                    "since": st.since,
+                    "asn": st.spec.remote_as,
+                    "passive": st.spec.passive,
+                    "prefixesReceived": len(got),
+                    "prefixesInstalled": sum(1 for p in got if str(p) in installed),
+                    "prefixesAnnounced": len(self.announced) if st.state == "established" else 0,
+                }
+            )
+        return {
+            "node": self.s.node_name,
+            "address": str(me) if me else None,
+            "role": role,
+            "inSync": self.in_sync,
+            "exabgp": {
+                "running": self.exabgp.running,
+                "restarts": max(0, self.exabgp.restarts - 1),
+            },
+            "peers": peers,
+        }
+
+    @property
+    def ready(self) -> bool:
+        return self.in_sync and all(st.state == "established" for st in self.peers.values())
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            first = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            path = [*first.decode(errors="replace").split(), "/", "/"][1]
+            if path.startswith("/status"):
+                code, body = 200, self.status()
+            elif path.startswith("/liveness"):
+                code, body = 200, {"live": True}
+            elif path.startswith("/readiness"):
+                code = 200 if self.ready else 503
+                body = {"ready": self.ready}
+            else:
+                code, body = 404, {}
+            data = json.dumps(body).encode()
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
+            writer.write(
+                f"HTTP/1.0 {code} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        self.s.state_dir.mkdir(parents=True, exist_ok=True)
+        sock_path = self.s.state_dir / "api.sock"
+        with contextlib.suppress(FileNotFoundError):
+            sock_path.unlink()
+        api_server = await asyncio.start_unix_server(self._api_client, path=str(sock_path))
+        os.chmod(sock_path, 0o600)
+        http = None
+        if self.s.health_enabled:
+            http = await asyncio.start_server(self._http, self.s.health_host, self.s.health_port)
+        self.exabgp.kill_leftover()
+        # Routes of ours already in the kernel (a restart): keep them until convergence.
+        try:
+            self._keep = {r.dst: r for r in self._kernel_routes()}
+        except Exception as exc:  # a read failure just means nothing is kept
+            log.warning("bgp.read_kernel_failed error=%s", exc)
+        self.syncer.start()
+        log.info("bgp.start node=%s state_dir=%s", self.s.node_name, self.s.state_dir)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._consume(), name="bgp-syncer-consumer"),
+                    tg.create_task(self._control(), name="bgp-control"),
+                ]
+                await self._stop.wait()
+                for t in tasks:
+                    t.cancel()
+        except* Exception as group:
+            for failure in group.exceptions:
+                log.error("bgp.task_failed error=%r", failure, exc_info=failure)
+            self.exit_code = 1
+        finally:
+            self.syncer.stop()
+            self.exabgp.stop()
+            api_server.close()
+            if http is not None:
+                http.close()
+        log.info("bgp.stop exit_code=%d", self.exit_code)
+        return self.exit_code
+
+    def _kernel_routes(self) -> list[Route]:
+        return [
+            kr.route
+            for kr in self.routes.backend.dump(4, self.routes.table)
+            if kr.protocol == PROTO_BGP
+        ]

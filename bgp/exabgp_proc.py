@@ -1,0 +1,148 @@
+"""Supervision of the ExaBGP child: configuration file, start, reload, stop.
+
+Role: own one ExaBGP process for the agent. The configuration is written atomically into the
+agent's state directory; a changed peer set is applied with a reload (SIGUSR1: ExaBGP keeps the
+sessions whose configuration did not change); a dead ExaBGP is restarted with backoff.
+Invariants: the only ExaBGP process ever signalled is the one this object started (by PID), or
+one recorded in our own PID file whose command line names our configuration file (a leftover of
+a previous agent run); ExaBGP's log goes to a file in the state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bgp.exabgp_config import render_env
+
+log = logging.getLogger(__name__)
+RELOAD_GRACE = 5.0  # seconds after a start before SIGUSR1 is safe
+
+
+def exabgp_binary() -> str:
+    candidate = Path(sys.executable).parent / "exabgp"
+    return str(candidate) if candidate.exists() else "exabgp"
+
+
+class ExabgpProcess:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.config_path = state_dir / "exabgp.conf"
+        self.pid_path = state_dir / "exabgp.pid"
+        self.log_path = state_dir / "exabgp.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.config_text = ""
+        self.restarts = 0
+        self.backoff = 0.5
+        self.next_start = 0.0
+        self.started_at = 0.0
+        self.reload_pending = False
+
+    def write_config(self, text: str) -> bool:
+        """Write the configuration atomically; True when it changed."""
+        if text == self.config_text and self.config_path.exists():
+            return False
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+        self.config_text = text
+        return True
+
+    def kill_leftover(self) -> None:
+        """Stop an ExaBGP that a previous run of this agent left behind (by its PID file)."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return
+        if str(self.config_path).encode() not in cmdline:
+            return
+        log.info("exabgp.kill_leftover pid=%d", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            **{k: v for k, v in os.environ.items() if k.startswith(("TABBY_", "PYTHON"))},
+            **render_env(log_destination="stdout"),
+        }
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [exabgp_binary(), str(self.config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.state_dir,
+                start_new_session=True,
+            )
+        self.pid_path.write_text(str(self.proc.pid))
+        self.started_at = time.monotonic()
+        self.reload_pending = False  # a fresh ExaBGP reads the current file
+        log.info("exabgp.start pid=%d config=%s", self.proc.pid, self.config_path)
+
+    def reload(self) -> None:
+        """Ask ExaBGP to re-read its configuration (SIGUSR1). Within the first seconds after a
+        start ExaBGP has not installed its signal handlers yet (SIGUSR1 would kill it), so the
+        reload is deferred until ``RELOAD_GRACE`` has passed (``check`` sends it)."""
+        if not self.running:
+            return
+        if time.monotonic() - self.started_at < RELOAD_GRACE:
+            self.reload_pending = True
+            return
+        assert self.proc is not None
+        log.info("exabgp.reload pid=%d", self.proc.pid)
+        self.reload_pending = False
+        self.proc.send_signal(signal.SIGUSR1)
+
+    def check(self, now: float) -> bool:
+        """Restart a dead ExaBGP when its backoff has passed; True when (re)started now."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning("exabgp.exited code=%s restarts=%d", self.proc.returncode, self.restarts)
+            self.proc = None
+            self.next_start = now + self.backoff
+            self.backoff = min(self.backoff * 2, 10.0)
+        if self.proc is None and now >= self.next_start and self.config_path.exists():
+            self.restarts += 1
+            self.start()
+            return True
+        if self.running and now - self.next_start > 30:
+            self.backoff = 0.5
+        if self.reload_pending and self.running and now - self.started_at >= RELOAD_GRACE:
+            self.reload()
+        return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.pid_path.unlink(missing_ok=True)
