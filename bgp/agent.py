@@ -54,6 +54,7 @@ from bgp.rib import Rib
 from datastore import kinds
 from datastore.decoder import ResourceDecoder
 from datastore.etcd import EtcdConfig, EtcdKVStore
+from datastore.ipam_block import Block, IPAMRecordError, parse_block_key
 from datastore.keys import kind_prefix
 from datastore.kv import KVStore
 from datastore.model import Resource
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 
 BGP_KINDS = (kinds.NODE, kinds.BGP_CONFIGURATION, kinds.BGP_PEER, kinds.IP_POOL)
 AFFINITY_ROOT = "/calico/ipam/v2/host/"
+BLOCK_ROOT = "/calico/ipam/v2/assignment/ipv4/block/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,7 @@ class BgpAgent:
         me = settings.node_name
         self.syncer = Syncer(
             self._store_factory,
-            [*(kind_prefix(k.kind) for k in BGP_KINDS), f"{AFFINITY_ROOT}{me}/"],
+            [*(kind_prefix(k.kind) for k in BGP_KINDS), f"{AFFINITY_ROOT}{me}/", BLOCK_ROOT],
             name="bgp-syncer",
         )
         self.decoder = ResourceDecoder()
@@ -121,6 +123,8 @@ class BgpAgent:
         self.bgp_peers: dict[str, Resource] = {}
         self.pools: dict[str, Resource] = {}
         self.my_blocks: set[IPv4Network] = set()
+        # Addresses this node holds in blocks affine to other nodes (announced as /32s).
+        self.borrowed: dict[IPv4Network, frozenset[IPv4Network]] = {}
         self.in_sync = False
         self.routes = routes if routes is not None else RouteTable(None, PROTO_BGP, 4)
         self.exabgp = ExabgpProcess(settings.state_dir)
@@ -139,7 +143,33 @@ class BgpAgent:
         self.exit_code = 0
 
     # ------------------------------------------------------------------ datastore
+    def _on_block(self, upd: Update) -> None:
+        cidr = parse_block_key(upd.key)
+        if not isinstance(cidr, IPv4Network):
+            return
+        held: frozenset[IPv4Network] = frozenset()
+        if upd.value is not None:
+            try:
+                block = Block.from_json(upd.value, upd.key)
+            except IPAMRecordError as exc:
+                log.warning("bgp.bad_block key=%s error=%s", upd.key, exc)
+                block = None
+            if block is not None and block.host != self.s.node_name:
+                me = self.s.node_name
+                held = frozenset(
+                    IPv4Network(block.ip(o))
+                    for o in block.allocated_ordinals()
+                    if (a := block.attribute_of(o)) is not None and a.secondary.get("node") == me
+                )
+        if held:
+            self.borrowed[cidr] = held
+        else:
+            self.borrowed.pop(cidr, None)
+
     def _on_update(self, upd: Update) -> None:
+        if upd.key.startswith(BLOCK_ROOT):
+            self._on_block(upd)
+            return
         if upd.key.startswith(AFFINITY_ROOT):
             tail = upd.key.rsplit("/", 1)[-1]
             try:
@@ -347,7 +377,10 @@ class BgpAgent:
 
     # ------------------------------------------------------------------ reconcile
     def _wanted_announcements(self) -> set[IPv4Network]:
-        return set(announcements(self.my_blocks, self._pool_infos(), self.my_address()))
+        """Our affine blocks, plus /32s of addresses we borrowed from other nodes' blocks."""
+        pools = self._pool_infos()
+        held = {ip for ips in self.borrowed.values() for ip in ips}
+        return set(announcements(self.my_blocks, pools, self.my_address(), borrowed=held))
 
     def _announcements_current(self) -> bool:
         return self.announced == self._wanted_announcements()

@@ -144,15 +144,19 @@ def announcements(
     my_blocks: Iterable[IPNetwork],
     pools: Sequence[PoolInfo],
     my_address: IPv4Interface | None = None,
+    borrowed: Iterable[IPNetwork] = (),
 ) -> tuple[IPv4Network, ...]:
     """The prefixes this node originates, sorted (see the module doc).
 
     ``my_address``: a block containing the node's own BGP address is never announced (it would
-    draw the underlay's traffic to the node into the pod network).
+    draw the underlay's traffic to the node into the pod network). ``borrowed``: /32s of
+    addresses this node holds in other nodes' blocks (announced as host routes, as Calico does).
     """
     out: set[IPv4Network] = set()
-    for block in my_blocks:
-        if not isinstance(block, IPv4Network) or block.prefixlen in (0, 32):
+    for block in [*my_blocks, *borrowed]:
+        if not isinstance(block, IPv4Network) or block.prefixlen == 0:
+            continue
+        if block.prefixlen == 32 and block not in set(borrowed):
             continue
         if my_address is not None and my_address.ip in block:
             continue

@@ -3,7 +3,7 @@
 Role: parse the command line (click), load and validate manifests (``ctl.manifests``), talk to
 etcd through ``datastore.client.ResourceClient`` and print results (``ctl.output``).
 Commands: ``apply``, ``create``, ``replace``, ``delete``, ``get``, ``validate``, ``version``,
-``ipam show|check|release`` (``ctl.ipam``).
+``ipam show|check|release`` (``ctl.ipam``), ``node status`` (``ctl.node``).
 Inputs: arguments, manifest files/directories/stdin, the connection from ``--etcd-endpoints``
 or calicoctl's ``ETCD_ENDPOINTS``/``ETCD_CA_CERT_FILE``/``ETCD_CERT_FILE``/``ETCD_KEY_FILE``.
 Outputs: results on stdout; errors on stderr as one line each (``error: ...``), never a
@@ -33,6 +33,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import click
 
 from ctl import ipam, manifests, output
+from ctl.node import node as node_group
 from datastore import errors as ds_errors
 from datastore import kv
 from datastore.client import (
@@ -504,6 +505,8 @@ cli.add_command(
         connect=_client, guard=_guarded, connection_options=_connection_options, fail=_fail
     )
 )
+
+cli.add_command(node_group)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -174,3 +174,13 @@ def test_containing_pool_picks_most_specific() -> None:
     assert pool is not None and pool.name == "cross-more-specific"
     assert containing_pool(ip_network("10.0.0.0/8"), POOLS) is None
     assert containing_pool(ip_network("fd00::/64"), POOLS) is None
+
+
+def test_borrowed_addresses_are_announced_as_host_routes() -> None:
+    blocks = [ip_network("10.65.1.0/26")]
+    borrowed = [ip_network("10.65.9.7/32"), ip_network("10.69.0.5/32"), ip_network("10.99.0.1/32")]
+    got = announcements(blocks, POOLS, None, borrowed=borrowed)
+    # The pool-less and the no-export addresses are not announced; a /32 is only ever
+    # announced when it is borrowed, never as a "block".
+    assert got == (ip_network("10.65.1.0/26"), ip_network("10.65.9.7/32"))
+    assert announcements([ip_network("10.65.9.8/32")], POOLS) == ()
