@@ -527,6 +527,11 @@ class IPAM:
         ):
             cidr = self._find_free_block(ctx)
             if cidr is not None:
+                # Another allocator on this node may have claimed a block since we listed our
+                # affinities (their claim shows as an affinity of ours): use it rather than
+                # claiming a second block.
+                if self._affinity_count(ctx) != len(affine):
+                    raise _ConflictError(f"affinities of {ctx.node} changed")
                 if not self._claim(ctx.node, cidr, cfg.strict_affinity):
                     raise _ConflictError(block_key(cidr))  # another node won it: look again
                 return True
@@ -578,6 +583,16 @@ class IPAM:
                 self._confirm(kv.key)
             out.append(read)
         return out
+
+    def _affinity_count(self, ctx: _AssignCtx) -> int:
+        """How many affinities (pending or confirmed) the node has in the eligible pools."""
+        kvs, _ = self._store.list(affinity_prefix(ctx.node, ctx.version))
+        count = 0
+        for kv in kvs:
+            parsed = parse_affinity_key(kv.key)
+            if parsed is not None and any(p.contains_block(parsed[1]) for p in ctx.pools):
+                count += 1
+        return count
 
     def _allocate_from(self, ctx: _AssignCtx, read: _Read, want: int) -> None:
         assert read.block is not None
