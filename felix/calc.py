@@ -7,7 +7,8 @@ tiers, network sets, pools) and maintain, incrementally, what this node's datapl
 - the active policies and profiles (those used by some local endpoint);
 - the IP sets those policies' rules need, with their members (IPs of every matching endpoint in
   the cluster and nets of matching network sets; ``ip,proto:port`` entries for named ports);
-- the IP pools (for natOutgoing).
+- the IP pools (for natOutgoing and IP-in-IP), and the IPv4 addresses of every node (the only
+  sources IP-in-IP is accepted from).
 Inputs: ``set_*`` calls with felix.model values (None deletes). Outputs: ``state()`` (the whole
 desired model, always consistent) and ``take_dirty()`` (which keys changed since last taken).
 Invariants: no I/O; the result depends only on the current inputs, never on their order (the
@@ -21,6 +22,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 from felix.ipsetdefs import SetDef, rule_sets
 from felix.model import (
@@ -34,6 +36,7 @@ from felix.model import (
     Profile,
     Tier,
 )
+from policy._selector_ast import And, Contains, EndsWith, Eq, Expr, Has, In, Or, StartsWith
 from policy.ordering import DEFAULT_TIER, sort_key
 
 log = logging.getLogger(__name__)
@@ -79,9 +82,11 @@ class Dirty:
     profiles: set[str] = field(default_factory=set)
     sets: set[str] = field(default_factory=set)
     pools: bool = False
+    hosts: bool = False  # the set of node addresses changed
 
     def __bool__(self) -> bool:
-        return bool(self.endpoints or self.policies or self.profiles or self.sets or self.pools)
+        changed = self.endpoints or self.policies or self.profiles or self.sets
+        return bool(changed) or self.pools or self.hosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,8 @@ class DesiredState:
     profiles: dict[str, Profile]
     sets: dict[str, SetState]
     pools: dict[str, Pool]
+    # IPv4 BGP addresses of every node (IP-in-IP is accepted only from them).
+    host_addresses: frozenset[IPv4Address] = frozenset()
 
 
 def _member_text(net: IPNet) -> str:
@@ -111,6 +118,7 @@ class Calculator:
         self._tiers: dict[str, Tier] = {}
         self._netsets: dict[str, NetworkSet] = {}
         self._pools: dict[str, Pool] = {}
+        self._hosts: dict[str, IPv4Address] = {}  # node name -> its IPv4 BGP address
         # Effective labels (own labels over inherited profile labels) of every endpoint.
         self._eff_labels: dict[str, FrozenLabels] = {}
         self._profile_users: dict[str, set[str]] = defaultdict(set)  # profile -> endpoint keys
@@ -126,6 +134,12 @@ class Calculator:
         self._set_sources: dict[str, dict[str, tuple[str, ...]]] = {}  # set -> source -> members
         self._set_counts: dict[str, dict[str, int]] = {}  # set -> member -> refcount
         self._set_cache: dict[str, SetState] = {}
+        # Label index over every selector source (endpoints and network sets): which sources
+        # carry a label value / a label key. Populating a set then evaluates its selector only
+        # on the candidates the index allows instead of on every endpoint of the cluster.
+        self._by_label: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self._by_key: dict[str, set[str]] = defaultdict(set)
+        self._indexed: dict[str, FrozenLabels] = {}
         self._dirty = Dirty()
 
     # ------------------------------------------------------------------ inputs
@@ -174,7 +188,9 @@ class Calculator:
             if old == prof:
                 return
             self._profiles[name] = prof
-        if old is None or prof is None or old.labels_to_apply != prof.labels_to_apply:
+        old_labels = old.labels_to_apply if old is not None else {}
+        new_labels = prof.labels_to_apply if prof is not None else {}
+        if old_labels != new_labels:  # only then can the endpoints' effective labels change
             for ep_key in list(self._profile_users.get(name, ())):
                 self._refresh_endpoint(ep_key)
         if self._active_profiles.get(name):
@@ -201,6 +217,7 @@ class Calculator:
             if old == ns:
                 return
             self._netsets[key] = ns
+        self._index(key, ns.labels if ns else None)
         self._refresh_memberships(
             key, ns.labels if ns else None, ns.nets if ns else (), None, is_netset=True
         )
@@ -213,6 +230,16 @@ class Calculator:
         else:
             self._pools[name] = pool
         self._dirty.pools = True
+
+    def set_host(self, name: str, address: IPv4Address | None) -> None:
+        """A node's IPv4 BGP address (None: the node is gone or has none)."""
+        if self._hosts.get(name) == address:
+            return
+        if address is None:
+            del self._hosts[name]
+        else:
+            self._hosts[name] = address
+        self._dirty.hosts = True
 
     # ------------------------------------------------------------------ outputs
     def take_dirty(self) -> Dirty:
@@ -230,6 +257,7 @@ class Calculator:
             },
             sets={sid: self.set_state(sid) for sid in self._set_defs},
             pools=dict(self._pools),
+            host_addresses=self.host_addresses,
         )
 
     def set_state(self, set_id: str) -> SetState:
@@ -261,6 +289,10 @@ class Calculator:
     def pools(self) -> dict[str, Pool]:
         return self._pools
 
+    @property
+    def host_addresses(self) -> frozenset[IPv4Address]:
+        return frozenset(self._hosts.values())
+
     def local_endpoint_keys(self) -> Iterable[str]:
         return self._plans.keys()
 
@@ -287,6 +319,7 @@ class Calculator:
             self._eff_labels.pop(key, None)
         else:
             self._eff_labels[key] = labels
+        self._index(key, labels)
         self._refresh_memberships(key, labels, ep.nets if ep is not None else (), ep, False)
         is_local = ep is not None and ep.node == self.hostname
         if is_local:
@@ -507,6 +540,62 @@ class Calculator:
         ]
         return tuple(f"{n.network_address},{proto_name}:{port}" for n in nets for port in ports)
 
+    def _index(self, key: str, labels: FrozenLabels | None) -> None:
+        old = self._indexed.get(key)
+        if old is labels or old == labels:
+            if labels is not None:
+                self._indexed[key] = labels
+            return
+        if old is not None:
+            for item in old.items():
+                bucket = self._by_label.get(item)
+                if bucket is not None:
+                    bucket.discard(key)
+                    if not bucket:
+                        del self._by_label[item]
+            for k in old:
+                bucket = self._by_key.get(k)
+                if bucket is not None:
+                    bucket.discard(key)
+                    if not bucket:
+                        del self._by_key[k]
+        if labels is None:
+            self._indexed.pop(key, None)
+            return
+        self._indexed[key] = labels
+        for item in labels.items():
+            self._by_label[item].add(key)
+        for k in labels:
+            self._by_key[k].add(key)
+
+    def _candidates(self, expr: Expr) -> set[str] | None:
+        """A superset of the sources ``expr`` can match, or None (any source may match)."""
+        if isinstance(expr, Eq):
+            return self._by_label.get((expr.key, expr.value), set())
+        if isinstance(expr, In):
+            out: set[str] = set()
+            for v in expr.values:
+                out |= self._by_label.get((expr.key, v), set())
+            return out
+        if isinstance(expr, (Has, Contains, StartsWith, EndsWith)):
+            return self._by_key.get(expr.key, set())
+        if isinstance(expr, And):
+            best: set[str] | None = None
+            for op in expr.operands:
+                cand = self._candidates(op)
+                if cand is not None and (best is None or len(cand) < len(best)):
+                    best = cand
+            return best
+        if isinstance(expr, Or):
+            union: set[str] = set()
+            for op in expr.operands:
+                cand = self._candidates(op)
+                if cand is None:
+                    return None
+                union |= cand
+            return union
+        return None
+
     def _populate_set(self, sid: str) -> None:
         sdef = self._set_defs[sid]
         sources: dict[str, tuple[str, ...]] = {}
@@ -516,12 +605,22 @@ class Calculator:
                 counts[_member_text(net)] += 1
             sources["<static>"] = tuple(counts)
         else:
-            for key, ep in self._endpoints.items():
+            assert sdef.selector is not None
+            cands = self._candidates(sdef.selector.expr)
+            ep_keys: Iterable[str] = self._endpoints if cands is None else cands
+            for key in ep_keys:
+                ep = self._endpoints.get(key)
+                if ep is None:
+                    continue
                 members = self._members_for(sdef, self._eff_labels.get(key), ep.nets, ep)
                 if members:
                     sources[key] = members
             if sdef.kind == "selector":
-                for key, ns in self._netsets.items():
+                ns_keys: Iterable[str] = self._netsets if cands is None else cands
+                for key in ns_keys:
+                    ns = self._netsets.get(key)
+                    if ns is None:
+                        continue
                     members = self._members_for(sdef, ns.labels, ns.nets, None)
                     if members:
                         sources[key] = members

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Any, Literal
@@ -354,16 +354,21 @@ class _Builder:
         return name
 
     def cached(
-        self, key: Any, source: object, make: Callable[[], tuple[Chain, ...]]
+        self,
+        key: Any,
+        source: object,
+        make: Callable[[], tuple[Chain, ...]],
+        extra: Hashable = None,
     ) -> tuple[Chain, ...]:
-        """Chains made from ``source``; re-made only when ``source`` is a different object."""
+        """Chains made from ``source`` (and ``extra``); re-made only when ``source`` is a
+        different object or ``extra`` a different value."""
         self.used.add(key)
         hit = self.cache.get(key)
-        if hit is not None and hit[0] is source:
-            chains: tuple[Chain, ...] = hit[1]
+        if hit is not None and hit[0] is source and hit[1] == extra:
+            chains: tuple[Chain, ...] = hit[2]
         else:
             chains = make()
-            self.cache[key] = (source, chains)
+            self.cache[key] = (source, extra, chains)
         for chain in chains:
             self.chains[chain.name] = chain
         return chains
@@ -420,8 +425,17 @@ def render_filter(
     for plan in workloads:
         iface = plan.endpoint.iface or ""
         profs = _existing(plan.profiles, state)
-        tw = b.add(endpoint_chain("tw", iface), endpoint_rules(plan.ingress, profs, "ingress", cfg))
-        fw = b.add(endpoint_chain("fw", iface), endpoint_rules(plan.egress, profs, "egress", cfg))
+        tw, fw = endpoint_chain("tw", iface), endpoint_chain("fw", iface)
+
+        def make(
+            plan: EndpointPlan = plan, profs: tuple[str, ...] = profs, tw: str = tw, fw: str = fw
+        ) -> tuple[Chain, ...]:
+            return (
+                Chain(tw, tuple(endpoint_rules(plan.ingress, profs, "ingress", cfg))),
+                Chain(fw, tuple(endpoint_rules(plan.egress, profs, "egress", cfg))),
+            )
+
+        b.cached(("wep", plan.endpoint.key, v), plan, make, extra=profs)
         for src in _spoof_sources(plan, v):
             from_wl.append(Rule(f"-i {iface} -s {src}", f"-g {fw}"))
         from_wl.append(Rule(f"-i {iface}", "-j DROP", "source address is not the workload address"))

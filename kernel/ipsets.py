@@ -115,8 +115,27 @@ def _canon_addr(text: str, net: bool, family: str) -> str:
     return str(addr)
 
 
+_CANON_CACHE: dict[tuple[str, str, str], str] = {}
+_CANON_CACHE_MAX = 1 << 20
+
+
 def canonical_member(set_type: str, family: str, member: str) -> str:
-    """``member`` as ``ipset save`` prints it for a set of this type; ValueError if invalid."""
+    """``member`` as ``ipset save`` prints it for a set of this type; ValueError if invalid.
+
+    Results are memoised: large sets are rebuilt whenever one member changes, and parsing every
+    address again with ``ipaddress`` dominated such an update (the cache is bounded)."""
+    key = (set_type, family, member)
+    hit = _CANON_CACHE.get(key)
+    if hit is not None:
+        return hit
+    result = _canonical_member(set_type, family, member)
+    if len(_CANON_CACHE) >= _CANON_CACHE_MAX:
+        _CANON_CACHE.clear()
+    _CANON_CACHE[key] = result
+    return result
+
+
+def _canonical_member(set_type: str, family: str, member: str) -> str:
     net = set_type.startswith("hash:net")
     if not set_type.endswith(",port"):
         return _canon_addr(member.strip(), net, family)

@@ -38,7 +38,8 @@ Invariants:
   ``consecutive_failures`` counts applies with any failure so felix can exit (fail closed)
   once ``failed_persistently`` is true.
 - Tampering (another program flushing our chain, deleting a hook rule) is found by a read-back
-  ``post_write_check`` seconds after our last write and every ``refresh_interval`` seconds; the
+  ``post_write_check`` seconds after our last write (deferred while new changes keep arriving:
+  they are written first, from our view of the table) and every ``refresh_interval`` seconds; the
   driver starts no threads: the caller calls ``apply()`` at ``next_check_at()``.
 - Sweeping (deleting our chains that are not desired) happens on every apply: call the first
   ``apply()`` only after the desired state is complete (datastore in sync).
@@ -438,11 +439,16 @@ class IptablesTable:
         start = time.perf_counter()
         now = self._clock()
         resynced = False
-        if (
-            self._kernel is None
-            or now >= self._next_refresh
-            or (self._recheck_at is not None and now >= self._recheck_at)
-        ):
+        recheck_due = self._recheck_at is not None and now >= self._recheck_at
+        units: list[_Unit] | None = None
+        if recheck_due and self._kernel is not None and now < self._next_refresh:
+            units = self._plan(self._kernel)
+            if units:
+                # Changes are waiting: write them first (latency matters more than the check);
+                # the write schedules a new post-write check, which then reads the table back.
+                recheck_due = False
+        if self._kernel is None or now >= self._next_refresh or recheck_due:
+            units = None
             try:
                 text = self.backend.save(self.table)
             except (IptablesError, ProcError) as exc:
@@ -451,7 +457,8 @@ class IptablesTable:
             self._next_refresh = now + self.refresh_interval
             self._recheck_at = None
             resynced = True
-        units = self._plan(self._kernel)
+        if units is None:
+            units = self._plan(self._kernel)
         if not units:
             self.consecutive_failures = 0
             self._retry_at = None
