@@ -23,9 +23,20 @@ unit:
 bench:
 	$(PY) -m bench.run
 
-# The main job. Until the multi-node lab exists: a local etcd, the example manifests applied
-# with tabbyctl, and listed back.
-lab: demo
+# The main job: a 3-node cluster on this machine (network namespaces only), every workload
+# pinging every other. It stays up for exploring; `make lab-down` removes it.
+LAB_ARGS ?= --nodes 3 --workloads-per-node 2
+lab:
+	$(VENV)/bin/tabby-lab down >/dev/null 2>&1 || true
+	$(VENV)/bin/tabby-lab up $(LAB_ARGS)
+	$(VENV)/bin/tabby-lab status
+	$(VENV)/bin/tabby-lab check
+	@echo "The lab is running: try '.venv/bin/tabby-lab exec node1 -- ip route' or"
+	@echo "'.venv/bin/tabby-lab exec node1 -- .venv/bin/tabbyctl node status'; remove it with 'make lab-down'."
 
+lab-down:
+	$(VENV)/bin/tabby-lab down
+
+# The datastore demo: a private etcd, the example manifests applied with tabbyctl and listed back.
 demo:
 	bash scripts/demo.sh

@@ -138,28 +138,20 @@ class FelixAgent:
     def _hep_ifaces(self) -> dict[str, list[str]]:
         """Interfaces of local host endpoints: by name, or found by their expected IPs."""
         out: dict[str, list[str]] = {}
-        need_lookup = False
-        for key, plan in self.calc.state().endpoints.items():
-            ep = plan.endpoint
-            if ep.kind != "host":
+        by_ip: list[tuple[str, tuple[str, ...]]] = []
+        for key in self.calc.local_endpoint_keys():
+            plan = self.calc.plan(key)
+            if plan is None or plan.endpoint.kind != "host":
                 continue
+            ep = plan.endpoint
             if ep.iface:
                 out[key] = [ep.iface]
             elif ep.nets:
-                need_lookup = True
-        if need_lookup:
+                by_ip.append((key, tuple(str(n.network_address) for n in ep.nets)))
+        if by_ip:
             addr_map = self._addresses()
-            for key, plan in self.calc.state().endpoints.items():
-                ep = plan.endpoint
-                if ep.kind == "host" and not ep.iface:
-                    names = sorted(
-                        {
-                            addr_map[str(n.network_address)]
-                            for n in ep.nets
-                            if str(n.network_address) in addr_map
-                        }
-                    )
-                    out[key] = names
+            for key, ips in by_ip:
+                out[key] = sorted({addr_map[ip] for ip in ips if ip in addr_map})
         return out
 
     def _addresses(self) -> dict[str, str]:
@@ -172,7 +164,11 @@ class FelixAgent:
                 out[str(a.get("local"))] = str(link.get("ifname"))
         return out
 
-    def _apply(self) -> None:
+    def _apply(
+        self,
+        checks: bool = True,
+        readbacks: dict[tuple[str, int], tuple[int, str]] | None = None,
+    ) -> None:
         if self.dataplane is None:
             cfg = self._effective_config()
             self.cfg = cfg
@@ -200,7 +196,7 @@ class FelixAgent:
         events, self._link_events = self._link_events, []
         for ev in events:
             dp.on_link_event(ev)
-        stats = dp.apply(self.calc, self._hep_ifaces())
+        stats = dp.apply(self.calc, self._hep_ifaces(), checks=checks, readbacks=readbacks)
         self._apply_count += 1
         self.health.applied = True
         self.health.last_apply_ok = not stats.failures
@@ -211,18 +207,50 @@ class FelixAgent:
             self._stop.set()
 
     async def _apply_loop(self) -> None:
+        """Changes first, checks when idle.
+
+        When datastore or interface changes are waiting, apply them at once without the
+        read-backs that may be due (post-write checks, refreshes). When nothing is waiting and
+        a check is due, the iptables read-backs run in a worker thread (they only run save
+        tools) while the loop keeps consuming updates; if a change arrives meanwhile it is
+        applied first and the (then stale) read-back is discarded by the driver.
+        """
+        loop = asyncio.get_running_loop()
+        fetch: asyncio.Future[dict[tuple[str, int], tuple[int, str]]] | None = None
         while not self._stop.is_set():
             timeout = 1.0
             if self.dataplane is not None:
                 timeout = max(0.0, min(5.0, self.dataplane.next_check_at() - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), timeout)
-            self._work.clear()
             if not self.health.in_sync:
+                self._work.clear()
                 continue
             if self._watcher is None or not self._watcher.ready.is_set():
+                self._work.clear()
                 continue
-            self._apply()
+            if self._work.is_set() or self.dataplane is None:
+                self._work.clear()
+                self._apply(checks=self.dataplane is None)
+                continue
+            dp = self.dataplane
+            if dp.next_check_at() > time.monotonic():
+                continue
+            due = dp.tables_due()
+            readbacks: dict[tuple[str, int], tuple[int, str]] = {}
+            if due:
+                if fetch is None:
+                    fetch = loop.run_in_executor(None, dp.fetch_readbacks, due)
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(self._work.wait())
+                pending: set[asyncio.Future[Any]] = {fetch, waiter}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if not fetch.done():
+                    continue  # a change arrived: the loop applies it first
+                readbacks = fetch.result()
+                fetch = None
+            self._work.clear()
+            self._apply(checks=True, readbacks=readbacks)
 
     # ------------------------------------------------------------------ health
     async def _health_handler(

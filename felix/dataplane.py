@@ -31,7 +31,7 @@ from felix.render import (
 )
 from kernel import conntrack
 from kernel.ipsets import IPSet, IpsetDriver
-from kernel.iptables import BUILTIN_CHAINS, BackendSetting, IptablesTable
+from kernel.iptables import BUILTIN_CHAINS, BackendSetting, IptablesTable, detect_backend
 from kernel.links import LinkEvent
 from kernel.routes import PROTO_FELIX, Route, RouteTable
 from kernel.sysctl import SysctlDriver, workload_interface_sysctls
@@ -80,11 +80,14 @@ class Dataplane:
         self.cfg = cfg
         versions: tuple[Literal[4, 6], ...] = (4, 6) if cfg.ipv6 else (4,)
         if tables is None:
+            # Detect the backend once for all tables (it runs the save tools of both backends).
+            mode = detect_backend(netns, iptables_backend)
+            log.info("dataplane.iptables_backend setting=%s mode=%s", iptables_backend, mode)
             tables = {
                 (t, v): IptablesTable(
                     t,
                     v,
-                    backend=iptables_backend,
+                    backend=mode,
                     netns=netns,
                     refresh_interval=refresh_interval,
                 )
@@ -202,7 +205,7 @@ class Dataplane:
                         self.ipsets.remove_set(name)
 
     def _update_static_sets(self, calc: Calculator) -> None:
-        wanted = render_ipsets_static(calc.pools.values(), self.cfg)
+        wanted = render_ipsets_static(calc.pools.values(), self.cfg, calc.host_addresses)
         names = {r.name for r in wanted}
         for name in self._static_sets - names:
             self.ipsets.remove_set(name)
@@ -221,9 +224,18 @@ class Dataplane:
 
     # ------------------------------------------------------------------ apply
     def apply(
-        self, calc: Calculator, hep_ifaces: Mapping[str, Sequence[str]] | None = None
+        self,
+        calc: Calculator,
+        hep_ifaces: Mapping[str, Sequence[str]] | None = None,
+        *,
+        checks: bool = True,
+        readbacks: Mapping[tuple[str, int], tuple[int, str]] | None = None,
     ) -> ApplyStats:
-        """Bring the kernel in line with ``calc``. Only called once the datastore is in sync."""
+        """Bring the kernel in line with ``calc``. Only called once the datastore is in sync.
+
+        ``checks=False`` (changes are waiting) postpones due read-backs (post-write checks,
+        periodic refreshes) to a later, idle apply; ``readbacks`` are iptables read-backs taken
+        in the background (``fetch_readbacks``)."""
         start = time.perf_counter()
         stats = ApplyStats()
         dirty = calc.take_dirty()
@@ -241,32 +253,35 @@ class Dataplane:
             pass
         self._workload_sysctls(state.endpoints.values())
         self._update_ipsets(calc, dirty.sets, full)
-        if full or dirty.pools:
+        if full or dirty.pools or dirty.hosts:
             self._update_static_sets(calc)
         self._update_tables(render_tables(state, self.cfg, hep_ifaces or {}, self._render_cache))
 
         # 1) ipsets that rules are about to reference.
-        r = self.ipsets.apply()
+        r = self.ipsets.apply(allow_refresh=checks)
         stats.ipset_writes += r.restores if hasattr(r, "restores") else 0
         if not r.ok:
             stats.failures.append(f"ipsets: {r.error or r.failed}")
         # 2) iptables, every table.
         for (tname, v), table in sorted(self.tables.items()):
-            tr = table.apply()
+            tr = table.apply(
+                allow_refresh=checks,
+                readback=(readbacks or {}).get((tname, v)),
+            )
             stats.iptables_restores += tr.restores
             stats.rules_written += tr.rules_written
             if not tr.ok:
                 stats.failures.append(f"iptables {tname}/v{v}: {tr.error or tr.failed}")
         # 3) routes and sysctls.
         for rt in self.routes.values():
-            rr = rt.apply()
+            rr = rt.apply(allow_refresh=checks)
             stats.routes_written += rr.writes
             for failure in rr.failed:
                 stats.failures.append(f"route {failure}")
         sr = self.sysctls.apply()
         stats.sysctls_written += len(sr.written)
         # 4) ipsets no longer referenced by any rule.
-        d = self.ipsets.apply_deletions()
+        d = self.ipsets.apply_deletions(allow_refresh=checks)
         stats.ipset_writes += d.restores if hasattr(d, "restores") else 0
         # 5) conntrack entries of addresses that no longer belong to a local workload.
         if self._pending_conntrack:
@@ -291,6 +306,22 @@ class Dataplane:
         for f in stats.failures:
             log.warning("dataplane.failure %s", f)
         return stats
+
+    def tables_due(self) -> list[tuple[str, int]]:
+        """The iptables tables whose read-back (check or refresh) is due now."""
+        return [key for key, t in sorted(self.tables.items()) if t.check_due()]
+
+    def fetch_readbacks(
+        self, keys: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[int, str]]:
+        """Read the given tables back (run it in a worker thread: it only runs save tools)."""
+        out: dict[tuple[str, int], tuple[int, str]] = {}
+        for key in keys:
+            try:
+                out[key] = self.tables[key].fetch_readback()
+            except Exception as exc:  # the apply that follows reads it again itself
+                log.warning("dataplane.readback_failed table=%s error=%s", key, exc)
+        return out
 
     def next_check_at(self) -> float:
         times = [t.next_check_at() for t in self.tables.values()]

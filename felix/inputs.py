@@ -3,6 +3,7 @@
 Role: felix's syncer hands over ``Update(key, value | None, revision)``; this module decodes each
 with the datastore codec, converts the resource into felix's model (``felix.model``) and calls
 the matching ``Calculator.set_*``. FelixConfiguration resources are kept for ``felix.config``.
+Nodes contribute only their IPv4 BGP address (``Calculator.set_host``: the IP-in-IP filter).
 Inputs: syncer updates. Outputs: calls on the calculator; ``felix_configs``.
 Invariants: an invalid value (bad JSON, failed validation, wrong key) is treated as *absent*:
 the previous valid version of that key is removed from the calculation and one warning naming the
@@ -28,6 +29,7 @@ from datastore.model import (
     IPPoolSpec,
     NetworkPolicySpec,
     NetworkSetSpec,
+    NodeSpec,
     ProfileSpec,
     Resource,
     TierSpec,
@@ -67,6 +69,7 @@ FELIX_KINDS = (
     kinds.GLOBAL_NETWORK_SET,
     kinds.IP_POOL,
     kinds.FELIX_CONFIGURATION,
+    kinds.NODE,
 )
 
 
@@ -204,6 +207,15 @@ def pool(res: Resource) -> Pool | None:
     return Pool(res.metadata.name, spec.cidr, spec.nat_outgoing, spec.disabled, spec.ipip_mode)
 
 
+def node_address(res: Resource) -> IPv4Address | None:
+    """A Node's IPv4 BGP address (``spec.bgp.ipv4Address`` without its prefix length)."""
+    spec = res.spec
+    assert isinstance(spec, NodeSpec)
+    if spec.bgp is None or spec.bgp.ipv4_address is None:
+        return None
+    return spec.bgp.ipv4_address.ip
+
+
 @dataclass
 class InputState:
     """Applies syncer updates to a calculator; remembers what each key contributed."""
@@ -261,6 +273,8 @@ class InputState:
             c.set_network_set(f"gns/{parts[-1]}", network_set(res) if res else None)
         elif plural == kinds.IP_POOL.plural_lower:
             c.set_pool(parts[-1], pool(res) if res else None)
+        elif plural == kinds.NODE.plural_lower:
+            c.set_host(parts[-1], node_address(res) if res else None)
         elif plural == kinds.FELIX_CONFIGURATION.plural_lower:
             name = parts[-1]
             old = self.felix_configs.get(name)

@@ -6,7 +6,8 @@ Inputs: the desired state, ``RenderConfig``, and the interface names of host end
 Outputs: ``TableRender`` per (table, version) and ``IpSetRender`` per set.
 
 Chain layout (all ours start with ``tby-``):
-  filter  INPUT   -> tby-INPUT:   ctstate, workload->host (tby-wl-to-host), failsafe, host endpoints
+  filter  INPUT   -> tby-INPUT:   IP-in-IP only from nodes (when a pool uses it), ctstate,
+                                  workload->host (tby-wl-to-host), failsafe, host endpoints
           FORWARD -> tby-FORWARD: ctstate, from-workload and to-workload dispatch, host endpoint
                                   forward policy, then accept workload traffic that passed
           OUTPUT  -> tby-OUTPUT:  ctstate, host->workload (to-workload dispatch), failsafe,
@@ -38,7 +39,7 @@ import base64
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Literal
 
 from felix.calc import DesiredState, EndpointPlan, SetState, TierPlan
@@ -512,6 +513,10 @@ def render_filter(
     clear = Rule("", f"-j MARK --set-xmark 0x0/{both}")
     accepted = Rule(f"-m mark --mark {acc}/{acc}", "-j ACCEPT")
     inp = [*ct, Rule(f"-i {wl}", f"-g {PREFIX}wl-to-host")]
+    if v == 4 and ipip_enabled(state.pools.values()):
+        # First, before conntrack: an IP-in-IP packet from a host that is not a node of the
+        # cluster is dropped even if it matches an existing (e.g. pre-removal) flow.
+        inp.insert(0, ipip_filter_rule())
     if heps:
         inp += [
             clear,
@@ -695,6 +700,23 @@ def render_mangle(
 
 MASQ_SET = "masq-pools"
 ALL_POOLS_SET = "all-pools"
+ALL_HOSTS_SET = "all-hosts"  # tby4-all-hosts: every node's IPv4 BGP address (IP-in-IP sources)
+IPIP_PROTOCOL = 4  # "ipencap" in /etc/protocols; the number needs no protocols database
+
+
+def ipip_enabled(pools: Iterable[Pool]) -> bool:
+    """True when some IPv4 pool (enabled or not: its routes may still be in use) has
+    ``ipipMode`` other than ``Never``: then IP-in-IP is accepted, and only from nodes."""
+    return any(p.ipip_mode != "Never" and _family(p.cidr) == 4 for p in pools)
+
+
+def ipip_filter_rule() -> Rule:
+    """tby-INPUT's first rule while IP-in-IP is on: drop it unless it comes from a node."""
+    return Rule(
+        f"-p {IPIP_PROTOCOL} -m set ! --match-set {static_set_name(ALL_HOSTS_SET, 4)} src",
+        "-j DROP",
+        "IP-in-IP from a host that is not a node",
+    )
 
 
 def static_set_name(name: str, v: int) -> str:
@@ -727,14 +749,22 @@ def render_ipsets(state: DesiredState, cfg: RenderConfig) -> list[IpSetRender]:
     versions: tuple[int, ...] = (4, 6) if cfg.ipv6 else (4,)
     for sid, st in sorted(state.sets.items()):
         out.extend(set_renders(sid, st, versions))
-    out.extend(render_ipsets_static(state.pools.values(), cfg))
+    out.extend(render_ipsets_static(state.pools.values(), cfg, state.host_addresses))
     return out
 
 
-def render_ipsets_static(all_pools: Iterable[Pool], cfg: RenderConfig) -> list[IpSetRender]:
-    """The sets natOutgoing needs: pools to masquerade, and all pools."""
+def render_ipsets_static(
+    all_pools: Iterable[Pool],
+    cfg: RenderConfig,
+    host_addresses: Iterable[IPv4Address] = (),
+) -> list[IpSetRender]:
+    """The sets natOutgoing needs (pools to masquerade, and all pools) and, while IP-in-IP is
+    on, ``tby4-all-hosts`` (every node's IPv4 address, the allowed IP-in-IP sources)."""
     out: list[IpSetRender] = []
     all_pools = list(all_pools)
+    if ipip_enabled(all_pools):
+        hosts = frozenset(str(a) for a in host_addresses)
+        out.append(IpSetRender(static_set_name(ALL_HOSTS_SET, 4), "hash:net", "inet", hosts))
     for v in (4, 6) if cfg.ipv6 else (4,):
         fam: Literal["inet", "inet6"] = "inet" if v == 4 else "inet6"
         pools = [p for p in all_pools if _family(p.cidr) == v]

@@ -489,8 +489,8 @@ class IpsetDriver:
         return sorted(n for n in self._kernel if n not in self._desired)
 
     # -- kernel ----------------------------------------------------------------------------
-    def _resync_if_due(self, now: float) -> bool:
-        if self._kernel is not None and now < self._next_refresh:
+    def _resync_if_due(self, now: float, allow_refresh: bool = True) -> bool:
+        if self._kernel is not None and (now < self._next_refresh or not allow_refresh):
             return False
         self._kernel = parse_ipset_save(self.backend.save(), self.prefix)
         self._next_refresh = now + self.refresh_interval
@@ -553,19 +553,21 @@ class IpsetDriver:
             break
         return applied, failed, restores
 
-    def apply(self) -> IpsetApplyResult:
-        """Create sets and update members/metadata. Never destroys an undesired set."""
-        return self._run(deletions=False)
+    def apply(self, *, allow_refresh: bool = True) -> IpsetApplyResult:
+        """Create sets and update members/metadata. Never destroys an undesired set.
 
-    def apply_deletions(self) -> IpsetApplyResult:
+        ``allow_refresh=False`` postpones a due periodic read-back (not a needed one)."""
+        return self._run(deletions=False, allow_refresh=allow_refresh)
+
+    def apply_deletions(self, *, allow_refresh: bool = True) -> IpsetApplyResult:
         """Destroy our sets that are not desired; a set still referenced stays for next time."""
-        return self._run(deletions=True)
+        return self._run(deletions=True, allow_refresh=allow_refresh)
 
-    def _run(self, deletions: bool) -> IpsetApplyResult:
+    def _run(self, deletions: bool, allow_refresh: bool = True) -> IpsetApplyResult:
         start = time.perf_counter()
         now = self._clock()
         try:
-            resynced = self._resync_if_due(now)
+            resynced = self._resync_if_due(now, allow_refresh)
         except (IpsetError, proc.ProcError) as exc:
             self._kernel = None
             self.consecutive_failures += 1

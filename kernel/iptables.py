@@ -361,6 +361,7 @@ class IptablesTable:
         self._recheck_at: float | None = None
         self._retry_at: float | None = None
         self.consecutive_failures = 0
+        self._write_gen = 0  # bumped before every restore: stale background read-backs
 
     # -- desired state (no I/O) ------------------------------------------------------------
     def _check_chain_name(self, name: str) -> None:
@@ -434,25 +435,58 @@ class IptablesTable:
         return self.consecutive_failures >= self.max_consecutive_failures
 
     # -- kernel ----------------------------------------------------------------------------
-    def apply(self) -> ApplyResult:
-        """Converge the kernel to the desired state; the only method that touches the kernel."""
+    def check_due(self, now: float | None = None) -> bool:
+        """True when a read-back (post-write check, refresh, or unknown state) is due."""
+        now = self._clock() if now is None else now
+        return (
+            self._kernel is None
+            or now >= self._next_refresh
+            or (self._recheck_at is not None and now >= self._recheck_at)
+        )
+
+    def fetch_readback(self) -> tuple[int, str]:
+        """``iptables-save`` of this table, tagged with the write generation it was taken at.
+
+        Safe to call from another thread (it only runs the save tool): the caller passes the
+        result to ``apply(readback=...)``, which uses it only if we wrote nothing since."""
+        gen = self._write_gen
+        return gen, self.backend.save(self.table)
+
+    def apply(
+        self, *, allow_refresh: bool = True, readback: tuple[int, str] | None = None
+    ) -> ApplyResult:
+        """Converge the kernel to the desired state; the only method that touches the kernel.
+
+        ``allow_refresh=False`` skips a due post-write check or periodic refresh (the caller
+        does it later, when idle); a read-back still happens when our view of the kernel is
+        unknown. ``readback`` is a ``fetch_readback()`` result taken in the background: used
+        instead of reading the table again, unless we wrote since it was taken (then ignored).
+        """
         start = time.perf_counter()
         now = self._clock()
         resynced = False
         recheck_due = self._recheck_at is not None and now >= self._recheck_at
+        refresh_due = now >= self._next_refresh
+        if not allow_refresh:
+            recheck_due = refresh_due = False
         units: list[_Unit] | None = None
-        if recheck_due and self._kernel is not None and now < self._next_refresh:
+        if recheck_due and self._kernel is not None and not refresh_due:
             units = self._plan(self._kernel)
             if units:
                 # Changes are waiting: write them first (latency matters more than the check);
                 # the write schedules a new post-write check, which then reads the table back.
                 recheck_due = False
-        if self._kernel is None or now >= self._next_refresh or recheck_due:
+        fresh = readback is not None and readback[0] == self._write_gen
+        if self._kernel is None or refresh_due or recheck_due or fresh:
             units = None
-            try:
-                text = self.backend.save(self.table)
-            except (IptablesError, ProcError) as exc:
-                return self._finish_failure(start, now, str(exc))
+            if fresh:
+                assert readback is not None
+                text = readback[1]
+            else:
+                try:
+                    text = self.backend.save(self.table)
+                except (IptablesError, ProcError) as exc:
+                    return self._finish_failure(start, now, str(exc))
             self._kernel = self._owned(parse_save(text))
             self._next_refresh = now + self.refresh_interval
             self._recheck_at = None
@@ -627,6 +661,7 @@ class IptablesTable:
                 return
             restores += 1
             try:
+                self._write_gen += 1
                 self.backend.restore(self.table, text)
             except IptablesRestoreError as err:
                 if len(group) == 1:

@@ -72,6 +72,7 @@ _NUM_SCOPE: dict[int, Scope] = {
     254: "host",
     255: "nowhere",
 }
+_SCOPE_TEXT: dict[str, str] = {k: str(v) for k, v in _SCOPE_NUM.items()}
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 _NUM_TYPE: dict[int, RouteType] = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
 
@@ -358,15 +359,18 @@ def _fmt_nexthop(gateway: IPAddress | None, ifname: str | None, onlink: bool) ->
 def batch_line(op: RouteOp) -> str:
     """One ``ip -batch`` line for ``op`` (``nexthop`` clauses last: they end the line)."""
     r = op.route
-    words = ["route", op.kind.value]
-    if r.type != "unicast":
-        words.append(r.type)
-    words.append(r.dst.with_prefixlen)
-    words += ["proto", str(op.protocol), "table", str(op.table), "metric", str(r.metric)]
-    if op.kind is OpKind.DELETE:
-        return " ".join(words)
-    if r.dst.version == 4 and r.type == "unicast":
-        words += ["scope", str(_SCOPE_NUM[str(r.scope)])]
+    kind = op.kind
+    head = (
+        f"route {kind.value} {r.dst.with_prefixlen}"
+        if r.type == "unicast"
+        else f"route {kind.value} {r.type} {r.dst.with_prefixlen}"
+    )
+    head = f"{head} proto {op.protocol} table {op.table} metric {r.metric}"
+    if kind is OpKind.DELETE:
+        return head
+    words = [head]
+    if r.type == "unicast" and r.dst.version == 4:
+        words += ["scope", _SCOPE_TEXT[str(r.scope)]]
     if r.nexthops:
         for nh in r.nexthops:
             words.append("nexthop")
@@ -374,7 +378,12 @@ def batch_line(op: RouteOp) -> str:
             if nh.weight != 1:
                 words += ["weight", str(nh.weight)]
     else:
-        words += _fmt_nexthop(r.gateway, r.ifname, r.onlink)
+        if r.gateway is not None:
+            words += ["via", str(r.gateway)]
+        if r.ifname is not None:
+            words += ["dev", r.ifname]
+        if r.onlink:
+            words.append("onlink")
     return " ".join(words)
 
 
@@ -707,7 +716,7 @@ class RouteTable:
         for dst in self._dirty:
             want = self.desired(dst)
             have = self._actual.get(dst)
-            suspect = dst in self._suspect
+            suspect = bool(self._suspect) and dst in self._suspect
             if want is None:
                 if have is None:
                     done.append(dst)
@@ -730,7 +739,7 @@ class RouteTable:
                     )
                     self._conflicts.add(dst)
                 continue
-            if dst in self._waiting:
+            if self._waiting and dst in self._waiting:
                 continue
             if have is None:
                 writes.append(op(OpKind.ADD, want))
@@ -739,16 +748,19 @@ class RouteTable:
                 writes.append(op(OpKind.ADD, want))
             else:
                 writes.append(op(OpKind.REPLACE, want))
-        for dst in done:
-            self._dirty.discard(dst)
-            self._conflicts.discard(dst)
+        self._dirty.difference_update(done)
+        if self._conflicts:
+            self._conflicts.difference_update(done)
         return deletes + writes
 
-    def apply(self) -> ApplyResult:
-        """Bring the kernel to the desired state; the only method that writes."""
+    def apply(self, *, allow_refresh: bool = True) -> ApplyResult:
+        """Bring the kernel to the desired state; the only method that writes.
+
+        ``allow_refresh=False`` postpones a due periodic read-back (not a needed one)."""
         start = time.perf_counter()
         resynced = False
-        if self._resync_due or self._clock() - self._last_resync >= self.refresh_interval:
+        periodic = self._clock() - self._last_resync >= self.refresh_interval
+        if self._resync_due or (periodic and allow_refresh):
             self._resync()
             resynced = True
         extras = len(self._extra)
@@ -800,7 +812,8 @@ class RouteTable:
                         self._dirty.discard(dst)
                 return
             self._actual[dst] = o.route
-            self._suspect.discard(dst)
+            if self._suspect:
+                self._suspect.discard(dst)
             self._dirty.discard(dst)
             if o.kind is OpKind.ADD:
                 c.added += 1

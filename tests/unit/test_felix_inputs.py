@@ -282,4 +282,5 @@ def test_prefixes_cover_the_felix_kinds() -> None:
     prefixes = felix_prefixes()
     assert RESOURCES_ROOT + "workloadendpoints/" in prefixes
     assert RESOURCES_ROOT + "felixconfigurations/" in prefixes
-    assert len(prefixes) == len(set(prefixes)) == 10
+    assert RESOURCES_ROOT + "nodes/" in prefixes  # node addresses: the IP-in-IP filter
+    assert len(prefixes) == len(set(prefixes)) == 11
