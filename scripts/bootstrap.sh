@@ -9,7 +9,8 @@ job="${1:-test}"
 shift || true
 
 APT_PACKAGES=(make iproute2 iptables ipset conntrack etcd-server etcd-client
-              iputils-ping netcat-openbsd tcpdump procps curl python3-venv)
+              iputils-ping netcat-openbsd tcpdump procps curl python3-venv
+              bird2 frr containernetworking-plugins)
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -22,8 +23,17 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     fi
     echo "bootstrap: installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Daemons from these packages (etcd, bird, frr) must not start on the host: tabby's tests
+    # and lab start their own, inside network namespaces. policy-rc.d forbids the starts.
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     apt-get update -qq </dev/null
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" </dev/null >/dev/null
+    if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 PY="${PYTHON:-python3}"
