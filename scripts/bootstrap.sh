@@ -30,10 +30,11 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
         chmod +x /usr/sbin/policy-rc.d
         own_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # removed even if the install fails
     fi
     apt-get update -qq </dev/null
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" </dev/null >/dev/null
-    if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
 PY="${PYTHON:-python3}"
