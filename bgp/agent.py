@@ -37,7 +37,7 @@ from typing import Any
 from bgp import exabgp_api as api
 from bgp.exabgp_config import render_config
 from bgp.exabgp_proc import ExabgpProcess
-from bgp.kernel_routes import announcements, blackhole_routes, desired_routes
+from bgp.kernel_routes import announcements, blackhole_routes, desired_routes, route_for
 from bgp.model import (
     BGPConfig,
     BGPPeerInfo,
@@ -51,6 +51,7 @@ from bgp.model import (
 )
 from bgp.peers import desired_peers
 from bgp.rib import Rib
+from bgp.tunnel import TunnelManager
 from datastore import kinds
 from datastore.decoder import ResourceDecoder
 from datastore.etcd import EtcdConfig, EtcdKVStore
@@ -140,6 +141,9 @@ class BgpAgent:
         self._started = time.monotonic()
         self._converged = False
         self._keep: dict[Any, Route] = {}  # kernel routes found at start, kept until converged
+        self._learned: dict[Any, Route] | None = None  # desired routes for learned prefixes
+        self._kernel_inputs: tuple[Any, ...] | None = None
+        self._next_route_check = 0.0
         self.exit_code = 0
 
     # ------------------------------------------------------------------ datastore
@@ -311,6 +315,7 @@ class BgpAgent:
                 st.eor_sent = st.eor_received = False
                 self._eor_pending.add(peer)
                 log.info("bgp.session_up peer=%s", peer)
+                self._announce_to(peer)
                 self._maybe_send_eor()
             elif ev.state == "down":
                 self._peer_down(peer, ev.reason)
@@ -331,7 +336,7 @@ class BgpAgent:
             for prefix in ev.withdrawn:
                 self.rib.update(peer, prefix, None)
             if st is not None:
-                st.received = len(self.rib.paths(peer))
+                st.received = self.rib.count(peer)
             self._work.set()
         elif isinstance(ev, api.EorEvent):
             self.rib.eor(ev.session.peer)
@@ -348,11 +353,16 @@ class BgpAgent:
                 ev.message,
             )
 
-    def _peer_down(self, peer: IPv4Address, reason: str) -> None:
+    def _peer_down(self, peer: IPv4Address, reason: str, *, graceful: bool = True) -> None:
         st = self.peers.get(peer)
         if st is not None and st.state == "established":
             log.warning("bgp.session_down peer=%s reason=%s", peer, reason)
-        restart = st.graceful_restart if st is not None else None
+        # RFC 4724: graceful restart covers a session that ended without a NOTIFICATION (the
+        # peer's BGP process restarting). A NOTIFICATION (hold timer expired, cease...) ends it
+        # for good: the routes go now, as BIRD does.
+        if reason.startswith("notification"):
+            graceful = False
+        restart = st.graceful_restart if st is not None and graceful else None
         if restart:
             self.rib.peer_down(peer, stale=True, now=time.monotonic(), restart_time=restart)
         else:
@@ -361,6 +371,20 @@ class BgpAgent:
             st.state, st.since = "down", time.time()
         self._eor_pending.discard(peer)
         self._work.set()
+
+    def _announce_to(self, peer: IPv4Address) -> None:
+        """Send our announcements to one newly established peer (before its End-of-RIB).
+
+        ExaBGP keeps API-announced routes only for the neighbours it had when the command came:
+        a neighbour added later by a reload (a node that joined or came back) would get an
+        empty Adj-RIB-Out and, with ``manual-eor``, our End-of-RIB right after. Re-announcing
+        to a neighbour that already had the routes is an implicit replace with equal
+        attributes: no change at the peer."""
+        me = self.my_address()
+        if me is None:
+            return
+        for prefix in sorted(self.announced):
+            self._send(api.announce_route(peer, prefix, me.ip))
 
     def _maybe_send_eor(self) -> None:
         """End-of-RIB to newly established peers once every announcement was acknowledged."""
@@ -397,7 +421,9 @@ class BgpAgent:
         wanted = {p.address: p for p in peers}
         for addr in list(self.peers):
             if addr not in wanted:
-                self._peer_down(addr, "peer removed")
+                # A peer taken out of the configuration is gone, not restarting: its routes go
+                # at once (graceful restart only covers a session that is expected back).
+                self._peer_down(addr, "peer removed", graceful=False)
                 del self.peers[addr]
         for addr, spec in wanted.items():
             st = self.peers.get(addr)
@@ -441,37 +467,85 @@ class BgpAgent:
             log.info("bgp.converged peers=%d established=%d", len(self.peers), len(established))
         return self._converged
 
-    def _reconcile_kernel(self) -> None:
+    # -- IP-in-IP: tunl0, its MTU and tunnel address (bgp/tunnel.py, docs/design/ipip.md) ----
+    def _reconcile_tunnel(self) -> None:
+        """Keep tunl0 usable while a pool needs IP-in-IP; when it changes, the routes waiting for
+        it are retried. ``TunnelManager.reconcile`` never raises."""
+        tunnel: TunnelManager | None = getattr(self, "_tunnel", None)
+        if tunnel is None:
+            tunnel = self._tunnel = TunnelManager.for_node(self.s.node_name, self._store_factory)
+        mine = self.nodes.get(self.s.node_name)
+        if tunnel.reconcile(self._pool_infos(), self.my_address(), mine):
+            self.routes.on_interface_change(tunnel.device)
+
+    def _reconcile_kernel(self) -> bool:
+        """Update the route table's desired state; True when it may need an apply.
+
+        Incremental: only prefixes whose candidates changed are recomputed, unless an input
+        of every route changed (our address, blocks, pools, node addresses, convergence), in
+        which case everything is."""
         me = self.my_address()
         if me is None:
-            return
+            return False
         self.rib.expire_stale(time.monotonic())
-        best = {p: self.rib.best(p) for p in self.rib.prefixes()}
-        node_addrs = {n.ipv4_address.ip for n in self._node_infos().values() if n.ipv4_address}
-        desired = desired_routes(
-            best,
-            my_address=me,
-            my_blocks=self.my_blocks,
-            pools=self._pool_infos(),
-            node_addresses=node_addrs,
+        pools = self._pool_infos()
+        node_addrs = frozenset(
+            n.ipv4_address.ip for n in self._node_infos().values() if n.ipv4_address
         )
-        routes: dict[Any, Route] = dict(desired)
-        for r in blackhole_routes(self.my_blocks):
-            routes[r.dst] = r
-        if not self._converged_now():
-            for dst, r in self._keep.items():
-                routes.setdefault(dst, r)
-        else:
-            self._keep.clear()
-        self.routes.set_routes(routes.values())
-        res = self.routes.apply()
+        converged = self._converged_now()
+        inputs = (me, frozenset(self.my_blocks), tuple(pools), node_addrs, converged)
+        changed = self.rib.changes()
+        if inputs != self._kernel_inputs or self._learned is None:
+            self._kernel_inputs = inputs
+            best = {p: self.rib.best(p) for p in self.rib.prefixes()}
+            self._learned = dict(
+                desired_routes(
+                    best,
+                    my_address=me,
+                    my_blocks=self.my_blocks,
+                    pools=pools,
+                    node_addresses=node_addrs,
+                )
+            )
+            routes: dict[Any, Route] = dict(self._learned)
+            for r in blackhole_routes(self.my_blocks):
+                routes[r.dst] = r
+            if not converged:
+                for dst, r in self._keep.items():
+                    routes.setdefault(dst, r)
+            else:
+                self._keep.clear()
+            self.routes.set_routes(routes.values())
+            return True
+        if not changed:
+            return False
+        for prefix in changed:
+            paths = self.rib.best(prefix)
+            route = None
+            if paths and isinstance(prefix, IPv4Network) and prefix not in self.my_blocks:
+                route = route_for(
+                    prefix, paths, my_address=me, pools=pools, node_addresses=node_addrs
+                )
+            if route is None:
+                if self._learned.pop(prefix, None) is not None:
+                    self.routes.remove_route(prefix)
+            elif self._learned.get(prefix) != route:
+                self._learned[prefix] = route
+                self.routes.set_route(route)
+        return True
+
+    async def _apply_routes(self) -> None:
+        # ip -batch runs in a worker thread, so ExaBGP's messages keep being read meanwhile
+        # (its pipe must never fill); the route table is touched by no one else until then.
+        res = await asyncio.to_thread(self.routes.apply)
         if res.writes:
             log.info(
-                "bgp.routes added=%d replaced=%d deleted=%d failed=%d",
+                "bgp.routes added=%d replaced=%d deleted=%d failed=%d ms=%.1f",
                 res.added,
                 res.replaced,
                 res.deleted,
                 len(res.failed),
+                res.duration * 1000,
             )
 
     async def _control(self) -> None:
@@ -484,7 +558,10 @@ class BgpAgent:
             try:
                 self._reconcile_exabgp()
                 self._reconcile_announcements()
-                self._reconcile_kernel()
+                self._reconcile_tunnel()
+                if self._reconcile_kernel() or time.monotonic() >= self._next_route_check:
+                    self._next_route_check = time.monotonic() + 5.0
+                    await self._apply_routes()
             except Exception:
                 log.exception("bgp.reconcile_failed")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -23,6 +24,14 @@ from bgp.exabgp_config import render_env
 
 log = logging.getLogger(__name__)
 RELOAD_GRACE = 5.0  # seconds after a start before SIGUSR1 is safe
+
+
+def _current_user() -> str:
+    """The name of the user this agent runs as (ExaBGP keeps it: see ``start``)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return "root" if os.getuid() == 0 else "nobody"
 
 
 def exabgp_binary() -> str:
@@ -87,6 +96,14 @@ class ExabgpProcess:
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             **{k: v for k, v in os.environ.items() if k.startswith(("TABBY_", "PYTHON"))},
             **render_env(log_destination="stdout"),
+            # ExaBGP always drops to ``exabgp.daemon.user`` (default ``nobody``) once it has
+            # bound its sockets; ``daemon_drop=false`` only delays that until the API process
+            # has started. A later reload (SIGUSR1) then re-checks the ``run`` program as that
+            # user: ``nobody`` cannot reach a virtualenv under /root, the reload fails, and the
+            # failed reload leaves ExaBGP without its API process table, so the next session
+            # loss crashes it (KeyError 'tabby-api') and every session of the node flaps.
+            # Staying the agent's own user keeps reloads (and API respawns) working.
+            "exabgp_daemon_user": _current_user(),
         }
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(

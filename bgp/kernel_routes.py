@@ -51,25 +51,97 @@ __all__ = [
 TUNNEL_DEVICE = "tunl0"
 
 
+def _span(net: IPNetwork) -> tuple[int, int]:
+    """First and last address of ``net`` as integers."""
+    lo = int(net.network_address)
+    return lo, lo + (1 << (net.max_prefixlen - net.prefixlen)) - 1
+
+
+class _PoolIndex:
+    """Pools ordered for "most specific containing pool" lookups on integer spans.
+
+    Most specific first, ties by name (a stable sort, so equal names keep their input order):
+    the first pool whose span covers the prefix is the one ``containing_pool`` defines. Built
+    once per ``desired_routes`` call instead of comparing ``ipaddress`` objects per prefix.
+    """
+
+    __slots__ = ("_spans",)
+
+    def __init__(self, pools: Iterable[PoolInfo]) -> None:
+        ordered = sorted(pools, key=lambda p: (-p.cidr.prefixlen, p.name))
+        self._spans = [(p.cidr.version, *_span(p.cidr), p) for p in ordered]
+
+    def find(self, version: int, lo: int, hi: int) -> PoolInfo | None:
+        for v, plo, phi, pool in self._spans:
+            if v == version and plo <= lo and hi <= phi:
+                return pool
+        return None
+
+
 def containing_pool(prefix: IPNetwork, pools: Iterable[PoolInfo]) -> PoolInfo | None:
     """The most specific pool that contains ``prefix`` (ties: the first by name)."""
-    best: PoolInfo | None = None
-    for pool in pools:
-        if pool.cidr.version != prefix.version or not prefix.subnet_of(pool.cidr):  # type: ignore[arg-type]
+    return _PoolIndex(pools).find(prefix.version, *_span(prefix))
+
+
+class _Context:
+    """What every prefix of one ``desired_routes`` call shares, precomputed once."""
+
+    __slots__ = ("hops", "my_ip", "node_addresses", "pools", "sub_hi", "sub_lo", "tunnel")
+
+    def __init__(
+        self,
+        my_address: IPv4Interface,
+        pools: Iterable[PoolInfo],
+        node_addresses: Collection[IPAddress],
+        tunnel: str,
+    ) -> None:
+        self.my_ip = int(my_address.ip)
+        self.sub_lo, self.sub_hi = _span(my_address.network)
+        self.pools = _PoolIndex(pools)
+        self.node_addresses = node_addresses
+        self.tunnel = tunnel
+        self.hops: dict[tuple[int, str, bool], NextHop] = {}
+
+    def hop(self, nh: IPv4Address, mode: str, in_subnet: bool) -> NextHop:
+        key = (int(nh), mode, in_subnet)
+        hop = self.hops.get(key)
+        if hop is None:
+            if mode == "Always" or (mode == "CrossSubnet" and not in_subnet):
+                hop = NextHop(gateway=nh, ifname=self.tunnel, onlink=True)
+            else:
+                hop = NextHop(gateway=nh)
+            self.hops[key] = hop
+        return hop
+
+
+def _route_for(prefix: IPv4Network, paths: Sequence[Path], ctx: _Context) -> Route | None:
+    lo, hi = _span(prefix)
+    if ctx.sub_lo <= lo and hi <= ctx.sub_hi:
+        return None  # inside our own subnet
+    pool = ctx.pools.find(4, lo, hi)
+    mode = pool.ipip_mode if pool is not None else "Never"
+    hops: list[NextHop] = []
+    for p in paths:
+        if pool is None and p.peer in ctx.node_addresses:
             continue
-        if (
-            best is None
-            or pool.cidr.prefixlen > best.cidr.prefixlen
-            or (pool.cidr.prefixlen == best.cidr.prefixlen and pool.name < best.name)
-        ):
-            best = pool
-    return best
-
-
-def _hop(nh: IPv4Address, mode: str, subnet: IPv4Network, tunnel: str) -> NextHop:
-    if mode == "Always" or (mode == "CrossSubnet" and nh not in subnet):
-        return NextHop(gateway=nh, ifname=tunnel, onlink=True)
-    return NextHop(gateway=nh)
+        nh = p.next_hop
+        if not isinstance(nh, IPv4Address):
+            continue
+        n = int(nh)
+        if n == ctx.my_ip:
+            continue
+        in_subnet = ctx.sub_lo <= n <= ctx.sub_hi
+        if lo <= n <= hi and not in_subnet:
+            continue  # reachable only through this very route
+        hop = ctx.hop(nh, mode, in_subnet)
+        if hop not in hops:
+            hops.append(hop)
+    if not hops:
+        return None
+    if len(hops) == 1:
+        h = hops[0]
+        return Route(dst=prefix, gateway=h.gateway, ifname=h.ifname, onlink=h.onlink)
+    return Route(dst=prefix, nexthops=tuple(hops))
 
 
 def route_for(
@@ -82,28 +154,7 @@ def route_for(
     tunnel: str = TUNNEL_DEVICE,
 ) -> Route | None:
     """The kernel route for one learned prefix, or None when nothing should be installed."""
-    subnet = my_address.network
-    if prefix.subnet_of(subnet):
-        return None
-    pool = containing_pool(prefix, pools)
-    kept = [p for p in paths if pool is not None or p.peer not in node_addresses]
-    mode = pool.ipip_mode if pool is not None else "Never"
-    hops: list[NextHop] = []
-    for p in kept:
-        nh = p.next_hop
-        if not isinstance(nh, IPv4Address) or nh == my_address.ip:
-            continue
-        if nh in prefix and nh not in subnet:
-            continue  # reachable only through this very route
-        hop = _hop(nh, mode, subnet, tunnel)
-        if hop not in hops:
-            hops.append(hop)
-    if not hops:
-        return None
-    if len(hops) == 1:
-        h = hops[0]
-        return Route(dst=prefix, gateway=h.gateway, ifname=h.ifname, onlink=h.onlink)
-    return Route(dst=prefix, nexthops=tuple(hops))
+    return _route_for(prefix, paths, _Context(my_address, pools, node_addresses, tunnel))
 
 
 def desired_routes(
@@ -117,18 +168,12 @@ def desired_routes(
 ) -> dict[IPNetwork, Route]:
     """Kernel routes for every learned prefix (see the module doc); blackholes not included."""
     own = set(my_blocks)
+    ctx = _Context(my_address, pools, node_addresses, tunnel)
     out: dict[IPNetwork, Route] = {}
     for prefix, paths in best.items():
-        if not isinstance(prefix, IPv4Network) or prefix in own or not paths:
+        if not isinstance(prefix, IPv4Network) or not paths or (own and prefix in own):
             continue
-        route = route_for(
-            prefix,
-            paths,
-            my_address=my_address,
-            pools=pools,
-            node_addresses=node_addresses,
-            tunnel=tunnel,
-        )
+        route = _route_for(prefix, paths, ctx)
         if route is not None:
             out[prefix] = route
     return out

@@ -70,8 +70,8 @@ def select(
 ) -> tuple[Path, ...]:
     """Best path(s) among ``candidates`` (see the module doc); empty for no candidates."""
     paths = list(candidates)
-    if not paths:
-        return ()
+    if len(paths) <= 1:
+        return tuple(paths)  # nothing to eliminate (the common case: one peer per prefix)
     paths = _keep_min(
         paths, lambda p: -(p.local_pref if p.local_pref is not None else DEFAULT_LOCAL_PREF)
     )
@@ -197,6 +197,8 @@ class Rib:
         cands = self._by_prefix.get(prefix)
         if not cands:
             return ()
+        if len(cands) == 1:
+            return tuple(cands.values())
         return select(cands.values(), ecmp=self.ecmp, always_compare_med=self.always_compare_med)
 
     def changes(self) -> frozenset[IPNetwork]:
@@ -208,6 +210,10 @@ class Rib:
     def prefixes(self) -> Iterator[IPNetwork]:
         """Every prefix with at least one candidate."""
         return iter(tuple(self._by_prefix))
+
+    def count(self, peer: IPAddress) -> int:
+        """How many prefixes ``peer`` announced (without copying them)."""
+        return len(self._adj.get(peer, ()))
 
     def paths(self, peer: IPAddress) -> dict[IPNetwork, Path]:
         """A copy of ``peer``'s Adj-RIB-In."""

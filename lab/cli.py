@@ -2,7 +2,8 @@
 
 Commands: ``up`` (fabric, router, nodes, etcd, agents, workloads made by the CNI plugin),
 ``status``, ``check`` (workload-to-workload connectivity matrix), ``exec NODE|WORKLOAD -- CMD``,
-``agent stop|start|kill NODE AGENT`` (for tests and demos), ``down`` (removes everything, also
+``agent stop|start|kill NODE AGENT`` (for tests and demos), ``peer add|del|list|cli`` (BIRD and
+FRR peers in their own namespaces, see ``lab.peers``), ``down`` (removes everything, also
 after a crash). State lives in ``--state-dir`` (default /run/tabby-lab/<name>).
 Safety: every namespace, link and route is inside a namespace the lab created; nothing is
 configured in the namespace tabby-lab runs in; processes are stopped by PID.
@@ -18,12 +19,14 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lab import fabric
+from lab import fabric, peers
 from lab.topology import LabSpec, Topology, TopologyError, WorkloadPlan, plan
 
 DEFAULT_STATE_ROOT = Path("/run/tabby-lab")
@@ -265,6 +268,14 @@ def up(
 
     try:
         fabric.build(topo, progress)
+        if ipip != "Never" and not fabric.kernel_has_ipip(topo.nodes[0].netns):
+            click.echo(
+                f"note: this kernel ({os.uname().release}) has no IP-in-IP (ipip): with --ipip "
+                f"{ipip} the routes via tunl0 stay pending and encapsulated pairs will not "
+                "connect (tabby-bgp logs ipip.unavailable). Use --ipip Never, or a stock kernel "
+                "(tests/vm/run_in_vm.py boots one).",
+                err=True,
+            )
         wanted = [a for a in agents.split(",") if a and (VENV_BIN / a).exists()]
         missing = [a for a in agents.split(",") if a and a not in wanted]
         if missing:
@@ -330,6 +341,9 @@ def _down(state: Path, quiet: bool = False) -> None:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     if (state / "topology.json").exists():
+        gone = peers.destroy_all(state)
+        if gone and not quiet:
+            click.echo(f"removed peers: {', '.join(gone)}")
         topo = _load(state)
         removed = fabric.destroy(topo.all_netns())
         if not quiet:
@@ -382,6 +396,13 @@ def status(ctx: click.Context) -> None:
         click.echo(
             f"  {node.name:8} {node.address:18} {' '.join(parts)} routes: felix {felix}, bgp {bgp}"
         )
+    for peer in peers.load(state):
+        alive = all(_alive(pid) for pid in peer.pids) and bool(peer.pids)
+        click.echo(
+            f"  {peer.name:8} {peer.address:18} {peer.kind} peer "
+            f"{'running' if alive else 'NOT running'}, originates {peer.originate} "
+            f"(target {peer.target})"
+        )
 
 
 def _ping(src_ns: str, ip: str) -> bool:
@@ -429,12 +450,16 @@ def check(ctx: click.Context, retries: int) -> None:
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
 @click.pass_context
 def exec_(ctx: click.Context, target: str, cmd: tuple[str, ...]) -> None:
-    """Run CMD inside a node or workload namespace (e.g. `exec node1 -- ip route`)."""
+    """Run CMD inside a node, workload or peer namespace (e.g. `exec node1 -- ip route`)."""
     topo = _load(ctx.obj["state"])
-    names = {n.name: n.netns for n in topo.nodes} | {w.name: w.netns for w in topo.workloads}
+    names = (
+        {n.name: n.netns for n in topo.nodes}
+        | {w.name: w.netns for w in topo.workloads}
+        | {p.name: p.netns for p in peers.load(ctx.obj["state"])}
+    )
     if target not in names:
         raise click.ClickException(
-            f"unknown node or workload {target!r} (one of: {', '.join(sorted(names))})"
+            f"unknown node, workload or peer {target!r} (one of: {', '.join(sorted(names))})"
         )
     os.execvp("ip", ["ip", "netns", "exec", names[target], *cmd])
 
@@ -451,6 +476,99 @@ def agent(ctx: click.Context, action: str, node: str, agent: str) -> None:
     ctl.mkdir(exist_ok=True)
     f = ctl / f"{time.time_ns()}.json"
     f.write_text(json.dumps({"action": action, "node": node, "agent": agent}))
+
+
+@main.group()
+def peer() -> None:
+    """External BGP speakers (BIRD 2, FRR) in their own namespaces on the fabric."""
+
+
+@peer.command(name="add")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(list(peers.KINDS)), required=True)
+@click.option(
+    "--originate",
+    default=None,
+    help="Prefix the peer announces (default: a free /26 at the top of the lab pool).",
+)
+@click.option(
+    "--node/--no-node",
+    "register",
+    default=True,
+    show_default=True,
+    help="Create a Node resource for it, so that every tabby node peers with it (mesh).",
+)
+@click.pass_context
+def peer_add(
+    ctx: click.Context, name: str, kind: peers.PeerKind, originate: str | None, register: bool
+) -> None:
+    """Start a BIRD or FRR peer NAME with iBGP sessions to every node."""
+    state: Path = ctx.obj["state"]
+    topo = _load(state)
+    try:
+        prefix = IPv4Network(originate) if originate else None
+    except ValueError as exc:
+        raise click.ClickException(f"--originate {originate!r}: {exc}") from None
+    try:
+        p = peers.add(topo, state, name, kind, prefix, avoid=list(workload_ips(state).values()))
+    except (peers.PeerError, fabric.FabricError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if register:
+        _tabbyctl(topo, ["apply", "-f", "-"], input_text=json.dumps(peers.node_resource(p)))
+    click.echo(
+        f"peer {p.name}: {p.kind} at {p.address} in {p.netns}, originates {p.originate} "
+        f"(target {p.target}), pids {' '.join(map(str, p.pids))}"
+    )
+
+
+@peer.command(name="del")
+@click.argument("name")
+@click.pass_context
+def peer_del(ctx: click.Context, name: str) -> None:
+    """Stop peer NAME, delete its namespace and its Node resource."""
+    state: Path = ctx.obj["state"]
+    topo = _load(state)
+    if not peers.remove(state, name):
+        raise click.ClickException(f"no lab peer named {name!r}")
+    _ns(
+        topo.nodes[0].netns,
+        [
+            "env",
+            "ETCD_ENDPOINTS=http://127.0.0.1:2379",
+            str(VENV_BIN / "tabbyctl"),
+            "delete",
+            "node",
+            name,
+        ],
+        check=False,
+    )
+    click.echo(f"peer {name} removed")
+
+
+@peer.command(name="list")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_context
+def peer_list(ctx: click.Context, output: str) -> None:
+    """The lab's peers (name, kind, address, originated prefix, PIDs)."""
+    found = peers.load(ctx.obj["state"])
+    if output == "json":
+        click.echo(json.dumps([{**asdict(p), "socket": p.socket} for p in found], indent=2))
+        return
+    for p in found:
+        click.echo(f"{p.name:8} {p.kind:5} {p.address:18} {p.originate:18} {p.netns}")
+
+
+@peer.command(name="cli", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.pass_context
+def peer_cli(ctx: click.Context, name: str, cmd: tuple[str, ...]) -> None:
+    """Run a birdc / vtysh command on peer NAME (e.g. `peer cli bird1 show route`)."""
+    try:
+        p = peers.find(ctx.obj["state"], name)
+    except peers.PeerError as exc:
+        raise click.ClickException(str(exc)) from None
+    os.execvp("ip", ["ip", "netns", "exec", p.netns, *peers.control_argv(p, list(cmd))])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Sequence
 from ipaddress import ip_interface
+from pathlib import Path
 
 from kernel.links import add_address, create_veth, set_link_up
 from lab.topology import Topology
@@ -104,6 +105,22 @@ def build(topo: Topology, progress: Callable[[str], None] = lambda s: None) -> N
             ["ip", "-n", node.netns, "route", "replace", "default", "via", node.gateway],
             f"default route of {node.name}",
         )
+
+
+def kernel_has_ipip(netns: str) -> bool:
+    """Whether this kernel can make IP-in-IP devices, found without loading anything: a
+    ``tunl0`` in the lab namespace ``netns`` (ipip loaded or built in), or an ipip module on
+    disk for the running kernel (tabby-bgp's ``ip link add ... type ipip`` will load it)."""
+    res = subprocess.run(
+        ["ip", "-n", netns, "link", "show", "tunl0"],
+        capture_output=True,
+        timeout=10,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if res.returncode == 0 or Path("/sys/module/ipip").exists():
+        return True
+    return any((Path("/lib/modules") / os.uname().release).glob("kernel/net/ipv4/ipip.ko*"))
 
 
 def _kill_inside(netns: str) -> None:
