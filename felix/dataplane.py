@@ -12,9 +12,11 @@ to what changed; a second apply with nothing changed issues no kernel writes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Literal
@@ -32,8 +34,10 @@ from felix.render import (
 from kernel import conntrack
 from kernel.ipsets import IPSet, IpsetDriver
 from kernel.iptables import BUILTIN_CHAINS, BackendSetting, IptablesTable, detect_backend
+from kernel.iptables import ApplyResult as IptablesApplyResult
 from kernel.links import LinkEvent
 from kernel.routes import PROTO_FELIX, Route, RouteTable
+from kernel.routes import ApplyResult as RouteApplyResult
 from kernel.sysctl import SysctlDriver, workload_interface_sysctls
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,7 @@ class Dataplane:
         self._static_sets: set[str] = set()
         self._pending_conntrack: set[IPv4Address | IPv6Address] = set()
         self._render_cache: dict[Any, Any] = {}
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dataplane")
         self._first_apply_done = False
         self._globals_set = False
 
@@ -262,24 +267,46 @@ class Dataplane:
         stats.ipset_writes += r.restores if hasattr(r, "restores") else 0
         if not r.ok:
             stats.failures.append(f"ipsets: {r.error or r.failed}")
-        # 2) iptables, every table.
-        for (tname, v), table in sorted(self.tables.items()):
-            tr = table.apply(
-                allow_refresh=checks,
-                readback=(readbacks or {}).get((tname, v)),
+        # 2) iptables (every table) and 3) routes and sysctls, in parallel: the tables are
+        # independent of each other, and routes or sysctls of a new workload are harmless
+        # before its chains exist (the dispatch chains drop traffic of unknown interfaces).
+        rb = readbacks or {}
+
+        def table_job(key: tuple[str, int], table: IptablesTable) -> tuple[str, object]:
+            return f"iptables {key[0]}/v{key[1]}", table.apply(
+                allow_refresh=checks, readback=rb.get(key)
             )
-            stats.iptables_restores += tr.restores
-            stats.rules_written += tr.rules_written
-            if not tr.ok:
-                stats.failures.append(f"iptables {tname}/v{v}: {tr.error or tr.failed}")
-        # 3) routes and sysctls.
-        for rt in self.routes.values():
-            rr = rt.apply(allow_refresh=checks)
-            stats.routes_written += rr.writes
-            for failure in rr.failed:
-                stats.failures.append(f"route {failure}")
-        sr = self.sysctls.apply()
-        stats.sysctls_written += len(sr.written)
+
+        def route_job(rt: RouteTable) -> tuple[str, object]:
+            return "routes", rt.apply(allow_refresh=checks)
+
+        def sysctl_job() -> tuple[str, object]:
+            return "sysctls", self.sysctls.apply()
+
+        jobs: list[Callable[[], tuple[str, object]]] = [
+            functools.partial(table_job, key, t)
+            for key, t in sorted(self.tables.items())
+            if t.has_work(checks)
+        ]
+        jobs += [functools.partial(route_job, rt) for rt in self.routes.values()]
+        jobs.append(sysctl_job)
+        results = (
+            list(self._pool.map(lambda job: job(), jobs))
+            if len(jobs) > 1
+            else [job() for job in jobs]
+        )
+        for label, res in results:
+            if isinstance(res, IptablesApplyResult):
+                stats.iptables_restores += res.restores
+                stats.rules_written += res.rules_written
+                if not res.ok:
+                    stats.failures.append(f"{label}: {res.error or res.failed}")
+            elif isinstance(res, RouteApplyResult):
+                stats.routes_written += res.writes
+                for failure in res.failed:
+                    stats.failures.append(f"route {failure}")
+            else:
+                stats.sysctls_written += len(getattr(res, "written", ()))
         # 4) ipsets no longer referenced by any rule.
         d = self.ipsets.apply_deletions(allow_refresh=checks)
         stats.ipset_writes += d.restores if hasattr(d, "restores") else 0

@@ -377,8 +377,11 @@ class IptablesTable:
 
     def update_chain(self, chain: Chain) -> None:
         """Add or replace one of our chains."""
+        current = self._chains.get(chain.name)
+        if current is chain:
+            return  # the same object: nothing to check or hash again
         self._check_chain_name(chain.name)
-        if self._chains.get(chain.name) == chain:
+        if current == chain:
             return
         self._chains[chain.name] = chain
         self._chain_hashes[chain.name] = rule_hashes(chain.name, chain.rules)
@@ -435,6 +438,15 @@ class IptablesTable:
         return self.consecutive_failures >= self.max_consecutive_failures
 
     # -- kernel ----------------------------------------------------------------------------
+    def has_work(self, allow_refresh: bool = True) -> bool:
+        """Whether ``apply()`` could do anything now (a write, a read-back or a retry): lets a
+        caller skip idle tables cheaply."""
+        if self._kernel is None or self._retry_at is not None:
+            return True
+        if allow_refresh and self.check_due():
+            return True
+        return bool(self._plan(self._kernel))
+
     def check_due(self, now: float | None = None) -> bool:
         """True when a read-back (post-write check, refresh, or unknown state) is due."""
         now = self._clock() if now is None else now
