@@ -226,9 +226,12 @@ def test_workload_dispatch_anti_spoof_and_unknown_interface_drop() -> None:
         "-i tbw1 -s fe80::/10 -g tby-fw-tbw1",
         "-i tbw1 -j DROP",
     ]
-    # No IPv6 address for w2: only link-local may leave it.
-    assert "-i tbw2 -s fe80::/10 -g tby-fw-tbw2" in texts(f6["tby-from-wl-dispatch"])
-    assert texts(f6["tby-from-wl-dispatch"])[-1] == "-j DROP"
+    # No IPv6 address for w2: no IPv6 at all passes, in either direction, and it needs no
+    # IPv6 policy chains.
+    assert texts(f6["tby-from-wl-dispatch"])[3:] == ["-i tbw2 -j DROP", "-j DROP"]
+    assert "-o tbw2 -j DROP" in texts(f6["tby-to-wl-dispatch"])
+    assert "tby-fw-tbw2" not in f6 and "tby-tw-tbw2" not in f6
+    assert "tby-fw-tbw2" in f4 and "tby-tw-tbw2" in f4
 
 
 def _fields(ep: Endpoint) -> dict[str, Any]:
