@@ -437,6 +437,7 @@ class IpsetDriver:
         self._desired: dict[str, IPSet] = {}
         self._kernel: dict[str, _KernelSet] | None = None
         self._next_refresh = 0.0
+        self._dirty: set[str] = set()  # desired sets changed since the last apply
         self._retry_at: float | None = None
         self.consecutive_failures = 0
 
@@ -449,11 +450,16 @@ class IpsetDriver:
             raise IpsetConfigError(f"ipset {name}: {self.temp_prefix!r} is reserved for temp sets")
         if len(name) > MAX_SET_NAME or any(c.isspace() for c in name):
             raise IpsetConfigError(f"ipset {name}: at most {MAX_SET_NAME} characters, no spaces")
+        current = self._desired.get(name)
+        if current is ipset or current == ipset:
+            return
         self._desired[name] = ipset
+        self._dirty.add(name)
 
     def remove_set(self, name: str) -> None:
         """Stop wanting a set; ``apply_deletions()`` destroys it."""
         self._desired.pop(name, None)
+        self._dirty.discard(name)
 
     def set_sets(self, sets: Iterable[IPSet]) -> None:
         wanted = {s.name: s for s in sets}
@@ -496,12 +502,19 @@ class IpsetDriver:
         self._next_refresh = now + self.refresh_interval
         return True
 
-    def _plan(self, kernel: dict[str, _KernelSet]) -> list[_Unit]:
+    def _plan(
+        self, kernel: dict[str, _KernelSet], names: Iterable[str] | None = None
+    ) -> list[_Unit]:
+        """Units for ``names`` (default: every desired set)."""
         units: list[_Unit] = []
-        for name in sorted(self._desired):
-            want = self._desired[name]
-            after = _KernelSet(want.type, want.family, want.maxelem, set(want.members))
+        for name in sorted(self._desired if names is None else names):
+            want = self._desired.get(name)
+            if want is None:
+                continue
             have = kernel.get(name)
+            if have is not None and have.meta == want.meta and have.members == want.members:
+                continue
+            after = _KernelSet(want.type, want.family, want.maxelem, set(want.members))
             if have is None:
                 lines = [_create_line(name, want)] + [f"add {name} {m}" for m in want.members]
                 units.append(_Unit(name, lines, after, created=1, added=len(want.members)))
@@ -587,7 +600,9 @@ class IpsetDriver:
                 if n not in self._desired
             ]
         else:
-            units = self._plan(kernel)
+            # After a read-back every set is compared; otherwise only those changed since.
+            units = self._plan(kernel, None if resynced else self._dirty)
+            self._dirty.clear()
         if not units:
             if not deletions:
                 self.consecutive_failures = 0
