@@ -28,11 +28,13 @@ from typing import Any
 
 from datastore.etcd import EtcdConfig, EtcdKVStore
 from datastore.kv import KVStore
-from datastore.syncer import Syncer
+from datastore.metrics import MetricsServer
+from datastore.syncer import Syncer, SyncStatus
 from felix.calc import Calculator
 from felix.config import ConfigLoader, FelixConfig, describe
 from felix.dataplane import Dataplane
 from felix.inputs import InputState, felix_prefixes
+from felix.metrics import FelixMetrics, FelixState, felix_state
 from felix.render import RenderConfig
 from kernel.links import LinkEvent, LinkWatcher
 from kernel.netns import ns_argv
@@ -107,6 +109,11 @@ class FelixAgent:
         self._watcher: LinkWatcher | None = None
         self._stop = asyncio.Event()
         self._apply_count = 0
+        # -- metrics (felix/metrics.py): a registry of our own, served when enabled
+        self.metrics = FelixMetrics()
+        self._last_update_at: float | None = None
+        self.metrics.add_state(self._metrics_state)
+        self.metrics.add_syncer(self.syncer, lambda: self._last_update_at)
 
     # ------------------------------------------------------------------ tasks
     async def _consume(self) -> None:
@@ -114,6 +121,8 @@ class FelixAgent:
             batch = await self.syncer.next_batch_async(timeout=1.0)
             for upd in batch.updates:
                 self.inputs.apply_update(upd)
+            if batch.updates:
+                self._last_update_at = time.time()  # metrics: datastore lag
             if batch.in_sync and not self.health.in_sync:
                 log.info("felix.in_sync keys=%d", self.syncer.stats().delivered)
                 self.health.in_sync = True
@@ -198,6 +207,7 @@ class FelixAgent:
             dp.on_link_event(ev)
         stats = dp.apply(self.calc, self._hep_ifaces(), checks=checks, readbacks=readbacks)
         self._apply_count += 1
+        self.metrics.observe_apply(stats)
         self.health.applied = True
         self.health.last_apply_ok = not stats.failures
         self.health.last_apply_at = time.time()
@@ -252,6 +262,19 @@ class FelixAgent:
             self._work.clear()
             self._apply(checks=True, readbacks=readbacks)
 
+    # ------------------------------------------------------------------ metrics
+    def _metrics_state(self) -> FelixState:
+        """Called at scrape time, on the event loop (``datastore.metrics.MetricsServer``)."""
+        h = self.health
+        return felix_state(
+            self.calc,
+            self.dataplane,
+            in_sync=h.in_sync and self.syncer.status is SyncStatus.IN_SYNC,
+            ready=h.ready,
+            live=h.live,
+            last_apply_at=h.last_apply_at or None,
+        )
+
     # ------------------------------------------------------------------ health
     async def _health_handler(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -305,6 +328,13 @@ class FelixAgent:
                 self._health_handler, self.cfg.health_host, self.cfg.health_port
             )
             log.info("felix.health listen=%s:%d", self.cfg.health_host, self.cfg.health_port)
+        metrics_server = None
+        if self.cfg.prometheus_metrics_enabled:
+            self.metrics.add_process()
+            metrics_server = MetricsServer(self.metrics.registry, "tabby-felix")
+            await metrics_server.start(
+                self.cfg.prometheus_metrics_host, self.cfg.prometheus_metrics_port
+            )
         self.syncer.start()
         log.info("felix.start node=%s netns=%s", self.cfg.node_name, self.netns or "(current)")
         tasks: list[asyncio.Task[Any]] = []
@@ -326,6 +356,8 @@ class FelixAgent:
             self.syncer.stop()
             if server is not None:
                 server.close()
+            if metrics_server is not None:
+                metrics_server.close()
         log.info("felix.stop exit_code=%s", self.exit_code)
         return self.exit_code if self.exit_code is not None else EXIT_OK
 

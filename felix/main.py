@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from datastore.logsetup import setup_logging
-from felix.agent import FelixAgent
+from datastore.registration import start_up_registration
+from felix.agent import FelixAgent, etcd_config
 from felix.config import ConfigError, ConfigLoader
 
 
@@ -46,6 +47,9 @@ def main(node_name: str | None, config_file: Path, etcd_endpoints: str | None) -
         click.echo(f"tabby-felix: {exc}", err=True)
         sys.exit(2)
     setup_logging(cfg.log_severity_screen, cfg.log_format, "tabby-felix")
+    if (error := start_up_registration(cfg.node_name, etcd_config(cfg), os.environ)) is not None:
+        click.echo(f"tabby-felix: {error}", err=True)  # TABBY_REGISTER_NODE=true and it failed
+        sys.exit(2)
     agent = FelixAgent(loader)
     code = asyncio.run(agent.run())
     sys.exit(code)

@@ -117,6 +117,11 @@ class Supervisor:
                 "FELIX_HEALTHHOST": "127.0.0.1",
                 "TABBY_EXPECT_NETNS": node.netns,
                 "TABBY_BGP_STATE_DIR": str(self.state_dir / "nodes" / node.name / "bgp"),
+                # Prometheus /metrics on 127.0.0.1 in each node: felix 9091, bgp 9092
+                "FELIX_PROMETHEUSMETRICSENABLED": "true",
+                "TABBY_BGP_METRICSPORT": "9092",
+                # BGP passwords (bgp/secrets.py): `tabby-lab secret set` writes them here
+                "TABBY_SECRETS_DIR": str(self.state_dir / "secrets"),
             }
             for name in agents:
                 self.agents.append(
