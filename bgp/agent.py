@@ -15,7 +15,10 @@ Invariants:
   agent changes no route that is still right;
 - a session going down keeps its routes as stale for the peer's restart time (graceful restart
   receiver), then drops them; without graceful restart they are dropped at once;
-- only routes with our protocol are ever written (``kernel.routes.RouteTable``).
+- only routes with our protocol are ever written (``kernel.routes.RouteTable``); a destination
+  held by another protocol's route (e.g. a static default) is left alone, and re-checked every
+  5 s so that ours is installed once the foreign route is gone;
+- BGP passwords come from ``bgp.secrets.FileSecretResolver`` (one file per secret key).
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from bgp import exabgp_api as api
+from bgp import reflect
 from bgp.exabgp_config import render_config
 from bgp.exabgp_proc import ExabgpProcess
 from bgp.kernel_routes import announcements, blackhole_routes, desired_routes, route_for
+from bgp.metrics import BgpMetrics, bgp_snapshot
 from bgp.model import (
     BGPConfig,
     BGPPeerInfo,
@@ -49,8 +54,10 @@ from bgp.model import (
     from_ippool_resource,
     from_node_resource,
 )
+from bgp.model import Path as RibPath
 from bgp.peers import desired_peers
 from bgp.rib import Rib
+from bgp.secrets import FileSecretResolver
 from bgp.tunnel import TunnelManager
 from datastore import kinds
 from datastore.decoder import ResourceDecoder
@@ -58,6 +65,7 @@ from datastore.etcd import EtcdConfig, EtcdKVStore
 from datastore.ipam_block import Block, IPAMRecordError, parse_block_key
 from datastore.keys import kind_prefix
 from datastore.kv import KVStore
+from datastore.metrics import MetricsServer
 from datastore.model import Resource
 from datastore.syncer import Syncer, Update
 from kernel.routes import PROTO_BGP, Route, RouteTable
@@ -67,6 +75,7 @@ log = logging.getLogger(__name__)
 BGP_KINDS = (kinds.NODE, kinds.BGP_CONFIGURATION, kinds.BGP_PEER, kinds.IP_POOL)
 AFFINITY_ROOT = "/calico/ipam/v2/host/"
 BLOCK_ROOT = "/calico/ipam/v2/assignment/ipv4/block/"
+LIVENESS_TIMEOUT = 30.0  # /liveness fails when the control loop has not run for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,9 @@ class BgpSettings:
     health_enabled: bool = True
     ecmp: bool = True
     route_reflector: bool = False
+    metrics_host: str = "127.0.0.1"  # Prometheus /metrics (bgp/metrics.py)
+    metrics_port: int = 0  # 0: no metrics endpoint
+    secrets_dir: Path | None = None  # BGP passwords (bgp/secrets.py); None: $TABBY_SECRETS_DIR
 
 
 @dataclass
@@ -94,6 +106,7 @@ class PeerStatus:
     graceful_restart: int | None = None
     eor_sent: bool = False
     eor_received: bool = False
+    rejected: int = 0  # received routes dropped by the RFC 4456 loop checks
 
 
 class BgpAgent:
@@ -130,9 +143,15 @@ class BgpAgent:
         self.routes = routes if routes is not None else RouteTable(None, PROTO_BGP, 4)
         self.exabgp = ExabgpProcess(settings.state_dir)
         self.rib = Rib(ecmp=settings.ecmp)
+        self.secrets = FileSecretResolver(settings.secrets_dir)
         self.acks = api.AckTracker(window=2000)
         self.peers: dict[IPv4Address, PeerStatus] = {}
         self.announced: set[IPv4Network] = set()
+        # -- route reflection (bgp/reflect.py): what each neighbour was sent, loop-check ids
+        self.adj_out = reflect.AdjRibOut()
+        self._reflect_key: tuple[object, ...] | None = None
+        self._loop_ids: tuple[IPv4Address, IPv4Address | None] | None = None
+        self.rib.watch("reflect")
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: list[str] = []
         self._eor_pending: set[IPv4Address] = set()
@@ -145,6 +164,13 @@ class BgpAgent:
         self._kernel_inputs: tuple[Any, ...] | None = None
         self._next_route_check = 0.0
         self.exit_code = 0
+        # -- health and metrics (bgp/metrics.py)
+        self._heartbeat = time.monotonic()  # the control loop's last turn (liveness)
+        self._peers_known = False  # the configured sessions were computed (readiness)
+        self._last_update_at: float | None = None
+        self.metrics = BgpMetrics()
+        self.metrics.add_state(lambda: bgp_snapshot(self))
+        self.metrics.add_syncer(self.syncer, lambda: self._last_update_at)
 
     # ------------------------------------------------------------------ datastore
     def _on_block(self, upd: Update) -> None:
@@ -214,6 +240,8 @@ class BgpAgent:
             batch = await self.syncer.next_batch_async(timeout=1.0)
             for upd in batch.updates:
                 self._on_update(upd)
+            if batch.updates:
+                self._last_update_at = time.time()  # metrics: datastore lag
             if batch.in_sync and not self.in_sync:
                 self.in_sync = True
                 log.info(
@@ -237,14 +265,16 @@ class BgpAgent:
 
     def _config(self) -> BGPConfig:
         return from_bgpconfig_resources(
-            self.bgp_configs.get("default"), self.bgp_configs.get(f"node.{self.s.node_name}")
+            self.bgp_configs.get("default"),
+            self.bgp_configs.get(f"node.{self.s.node_name}"),
+            self.secrets,
         )
 
     def _peer_infos(self) -> list[BGPPeerInfo]:
         out = []
         for name, res in sorted(self.bgp_peers.items()):
             try:
-                out.append(from_bgppeer_resource(res))
+                out.append(from_bgppeer_resource(res, self.secrets))
             except ValueError as exc:
                 log.warning("bgp.bad_peer name=%s error=%s", name, exc)
         return out
@@ -279,6 +309,8 @@ class BgpAgent:
         self.acks.reset()
         self._outbox.clear()
         self.announced.clear()  # a new ExaBGP knows nothing: announce everything again
+        self.adj_out.clear()  # ... and has no reflected route either
+        self._reflect_key = None
         self._work.set()
         try:
             while True:
@@ -332,7 +364,8 @@ class BgpAgent:
             st = self.peers.get(peer)  # type: ignore[arg-type]
             rid = st.router_id if st is not None else None
             for prefix, path in ev.paths(rid):
-                self.rib.update(peer, prefix, path)
+                # RFC 4456 loop prevention: a rejected route is treated as withdrawn
+                self.rib.update(peer, prefix, None if self._loop_rejects(st, path) else path)
             for prefix in ev.withdrawn:
                 self.rib.update(peer, prefix, None)
             if st is not None:
@@ -385,6 +418,7 @@ class BgpAgent:
             return
         for prefix in sorted(self.announced):
             self._send(api.announce_route(peer, prefix, me.ip))
+        self._reflect_to(peer)  # and every route we reflect to it (Adj-RIB-Out re-sent)
 
     def _maybe_send_eor(self) -> None:
         """End-of-RIB to newly established peers once every announcement was acknowledged."""
@@ -393,11 +427,13 @@ class BgpAgent:
         if not self._announcements_current():
             return
         for peer in sorted(self._eor_pending):
+            if self._eor_deferred(peer):
+                continue
             self._send(api.announce_eor(peer))
             st = self.peers.get(peer)
             if st is not None:
                 st.eor_sent = True
-        self._eor_pending.clear()
+            self._eor_pending.discard(peer)
 
     # ------------------------------------------------------------------ reconcile
     def _wanted_announcements(self) -> set[IPv4Network]:
@@ -419,18 +455,13 @@ class BgpAgent:
         cfg = self._config()
         peers = desired_peers(self.s.node_name, nodes, cfg, self._peer_infos(), labels)
         wanted = {p.address: p for p in peers}
-        for addr in list(self.peers):
-            if addr not in wanted:
-                # A peer taken out of the configuration is gone, not restarting: its routes go
-                # at once (graceful restart only covers a session that is expected back).
-                self._peer_down(addr, "peer removed", graceful=False)
-                del self.peers[addr]
         for addr, spec in wanted.items():
             st = self.peers.get(addr)
             if st is None:
                 self.peers[addr] = PeerStatus(spec)
             else:
                 st.spec = spec
+        self._peers_known = True  # readiness: the configured sessions are known
         api_cmd = [sys.executable, "-m", "bgp.api_bridge", str(self.s.state_dir / "api.sock")]
         text = render_config(me.ip, me.ip, cfg.listen_port, peers, api_cmd)
         if self.exabgp.write_config(text):
@@ -439,6 +470,18 @@ class BgpAgent:
             else:
                 self.exabgp.next_start = 0.0
         self.exabgp.check(time.monotonic())
+        if self.exabgp.reload_pending:
+            # ExaBGP still runs the previous configuration (its reload is deferred): a removed
+            # peer's session is still up, and if the peer comes back before the reload, ExaBGP
+            # keeps that session without a new "up" event. So removals wait for the reload.
+            return
+        for addr in list(self.peers):
+            if addr not in wanted:
+                # A peer taken out of the configuration is gone, not restarting: its routes go
+                # at once (graceful restart only covers a session that is expected back).
+                self._peer_down(addr, "peer removed", graceful=False)
+                del self.peers[addr]
+                self.adj_out.forget(addr)  # a neighbour added again starts empty in ExaBGP
 
     def _reconcile_announcements(self) -> None:
         if self._writer is None:
@@ -467,6 +510,112 @@ class BgpAgent:
             log.info("bgp.converged peers=%d established=%d", len(self.peers), len(established))
         return self._converged
 
+    # -- route reflection (bgp/reflect.py; RFC 4456, docs/design/route-reflection.md) --------
+    def _cluster_id(self) -> IPv4Address | None:
+        mine = self._node_infos().get(self.s.node_name)
+        return mine.route_reflector_cluster_id if mine is not None else None
+
+    def _loop_rejects(self, st: PeerStatus | None, path: RibPath) -> bool:
+        """True when a received path fails the loop checks (our router id as ORIGINATOR_ID,
+        our cluster ID in CLUSTER_LIST); counted per peer."""
+        if self._loop_ids is None:
+            return False
+        router_id, cluster_id = self._loop_ids
+        why = reflect.rejects(path, router_id=router_id, cluster_id=cluster_id)
+        if why and st is not None:
+            st.rejected += 1
+            log.debug("bgp.loop_rejected peer=%s reason=%s", path.peer, why)
+        return bool(why)
+
+    def _reflect_context(self) -> reflect.ReflectContext | None:
+        me = self.my_address()
+        if me is None:
+            return None
+        roles = {
+            addr: reflect.PeerRole(
+                ibgp=not st.spec.ebgp,
+                client=st.spec.route_reflector_client,
+                router_id=st.router_id,
+            )
+            for addr, st in self.peers.items()
+        }
+        return reflect.ReflectContext(me.ip, self._cluster_id(), roles, frozenset(self.announced))
+
+    def _best_path(self, prefix: IPv4Network) -> RibPath | None:
+        paths = self.rib.best(prefix)
+        return paths[0] if paths else None  # with ECMP the set is sorted: the first is best
+
+    def _send_reflect(self, commands: list[reflect.Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, reflect.Withdraw):
+                self._send(api.withdraw_route(cmd.neighbor, cmd.prefix))
+                continue
+            r = cmd.route
+            self._send(
+                api.announce_route(
+                    cmd.neighbor,
+                    r.prefix,
+                    r.next_hop,
+                    origin=r.origin,
+                    as_path=r.as_path,
+                    local_pref=r.local_pref,
+                    med=r.med,
+                    originator_id=r.originator_id,
+                    cluster_list=r.cluster_list,
+                )
+            )
+
+    def _reflect_to(self, peer: IPv4Address) -> None:
+        """A session came up: re-send everything we reflect to ``peer`` (before its EOR)."""
+        ctx = self._reflect_context()
+        if ctx is None or (ctx.cluster_id is None and not self.adj_out.count(peer)):
+            return
+        wanted: dict[IPv4Network, reflect.ReflectedRoute] = {}
+        for prefix in self.rib.prefixes():
+            if isinstance(prefix, IPv4Network):
+                route = reflect.plan_prefix(prefix, self._best_path(prefix), ctx).get(peer)
+                if route is not None:
+                    wanted[prefix] = route
+        self._send_reflect(self.adj_out.resync(peer, wanted))
+
+    def _reconcile_reflection(self) -> None:
+        """Reflected routes of changed prefixes to established neighbours; every prefix when
+        the roles, the cluster ID, our own prefixes or the established sessions changed."""
+        ctx = self._reflect_context()
+        self._loop_ids = (ctx.router_id, ctx.cluster_id) if ctx is not None else None
+        changed = self.rib.changes("reflect")
+        if ctx is None or self._writer is None:
+            return
+        established = sorted(a for a, st in self.peers.items() if st.state == "established")
+        key = (ctx.key(), tuple(established))
+        prefixes: set[Any] = set(changed)
+        if key != self._reflect_key:
+            self._reflect_key = key
+            prefixes = set(self.rib.prefixes()) | self.adj_out.prefixes()
+        for prefix in sorted(p for p in prefixes if isinstance(p, IPv4Network)):
+            wanted = reflect.plan_prefix(prefix, self._best_path(prefix), ctx)
+            self._send_reflect(self.adj_out.sync_prefix(prefix, wanted, established))
+
+    def _eor_deferred(self, peer: IPv4Address) -> bool:
+        """A reflector holds End-of-RIB to its clients until it has converged itself (every
+        peer sent End-of-RIB, or the restart time passed; RFC 4724 4.1): a client keeping our
+        routes as stale across our restart must not flush them before we re-learned and
+        re-sent them. Other reflectors get it at once (they may be waiting for ours)."""
+        st = self.peers.get(peer)
+        if st is None or not st.spec.route_reflector_client or st.spec.peer_cluster_id:
+            return False
+        return self._cluster_id() is not None and not self._converged_now()
+
+    def _dedicated_reflector_kernel(self) -> bool:
+        """``--route-reflector``: reflect only; no learned route (and no blackhole: no blocks)
+        is programmed, and routes of ours left from an earlier role are removed."""
+        self.rib.changes()  # drained: nothing consumes them here
+        if self._learned is None:
+            self._learned = {}
+            self.routes.set_routes(())
+            return True
+        return False
+
     # -- IP-in-IP: tunl0, its MTU and tunnel address (bgp/tunnel.py, docs/design/ipip.md) ----
     def _reconcile_tunnel(self) -> None:
         """Keep tunl0 usable while a pool needs IP-in-IP; when it changes, the routes waiting for
@@ -488,6 +637,8 @@ class BgpAgent:
         if me is None:
             return False
         self.rib.expire_stale(time.monotonic())
+        if self.s.route_reflector:
+            return self._dedicated_reflector_kernel()
         pools = self._pool_infos()
         node_addrs = frozenset(
             n.ipv4_address.ip for n in self._node_infos().values() if n.ipv4_address
@@ -538,6 +689,7 @@ class BgpAgent:
         # ip -batch runs in a worker thread, so ExaBGP's messages keep being read meanwhile
         # (its pipe must never fill); the route table is touched by no one else until then.
         res = await asyncio.to_thread(self.routes.apply)
+        self.metrics.observe_routes(res)
         if res.writes:
             log.info(
                 "bgp.routes added=%d replaced=%d deleted=%d failed=%d ms=%.1f",
@@ -550,6 +702,7 @@ class BgpAgent:
 
     async def _control(self) -> None:
         while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), 0.5)
             self._work.clear()
@@ -558,9 +711,15 @@ class BgpAgent:
             try:
                 self._reconcile_exabgp()
                 self._reconcile_announcements()
+                self._reconcile_reflection()
                 self._reconcile_tunnel()
-                if self._reconcile_kernel() or time.monotonic() >= self._next_route_check:
+                periodic = time.monotonic() >= self._next_route_check
+                if self._reconcile_kernel() or periodic:
                     self._next_route_check = time.monotonic() + 5.0
+                    if periodic and self.routes.conflicts:
+                        # A foreign route (e.g. a static default) holds a destination we want:
+                        # it is never replaced; re-read so that ours goes in once it is gone.
+                        self.routes.invalidate()
                     await self._apply_routes()
             except Exception:
                 log.exception("bgp.reconcile_failed")
@@ -570,12 +729,16 @@ class BgpAgent:
         me = self.my_address()
         nodes = self._node_infos()
         mine = nodes.get(self.s.node_name)
+        cluster_id = mine.route_reflector_cluster_id if mine is not None else None
         role = "mesh"
-        if mine is not None and mine.route_reflector_cluster_id is not None:
-            role = "route-reflector"
-        elif not self._config().node_to_node_mesh_enabled:
+        if cluster_id is not None:
+            role = "reflector"
+        elif not self._config().node_to_node_mesh_enabled or any(
+            st.spec.peer_cluster_id is not None for st in self.peers.values()
+        ):
             role = "client"
-        installed = {str(d) for d in self.routes.desired_routes()}
+        conflicts = self.routes.conflicts  # held by another protocol's route: not ours
+        installed = {str(d) for d in self.routes.desired_routes() if d not in conflicts}
         peers = []
         for addr, st in sorted(self.peers.items()):
             got = self.rib.paths(addr)
@@ -591,12 +754,19 @@ class BgpAgent:
                     "prefixesReceived": len(got),
                     "prefixesInstalled": sum(1 for p in got if str(p) in installed),
                     "prefixesAnnounced": len(self.announced) if st.state == "established" else 0,
+                    # route reflection: rr-client (we reflect to it), rr-peer (a fellow
+                    # reflector, non-client), reflector (it reflects to us), "" (none)
+                    "rrRole": _rr_role(st.spec, cluster_id),
+                    "prefixesReflected": self.adj_out.count(addr),
+                    "rejectedLoops": st.rejected,
                 }
             )
         return {
             "node": self.s.node_name,
             "address": str(me) if me else None,
             "role": role,
+            "clusterID": str(cluster_id) if cluster_id is not None else None,
+            "dedicatedReflector": self.s.route_reflector,
             "inSync": self.in_sync,
             "exabgp": {
                 "running": self.exabgp.running,
@@ -607,7 +777,19 @@ class BgpAgent:
 
     @property
     def ready(self) -> bool:
-        return self.in_sync and all(st.state == "established" for st in self.peers.values())
+        """In sync, the configured sessions computed, and every one of them established (none
+        configured: ready). Without its own address (Node.spec.bgp) the node is never ready."""
+        return (
+            self.in_sync
+            and self._peers_known
+            and all(st.state == "established" for st in self.peers.values())
+        )
+
+    @property
+    def live(self) -> bool:
+        """The event loop answered (whoever asks runs on it) and the control loop turned
+        within ``LIVENESS_TIMEOUT``."""
+        return time.monotonic() - self._heartbeat < LIVENESS_TIMEOUT
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -618,10 +800,17 @@ class BgpAgent:
             if path.startswith("/status"):
                 code, body = 200, self.status()
             elif path.startswith("/liveness"):
-                code, body = 200, {"live": True}
+                live = self.live
+                code = 200 if live else 503
+                body = {"live": live, "controlLoopAge": time.monotonic() - self._heartbeat}
             elif path.startswith("/readiness"):
                 code = 200 if self.ready else 503
-                body = {"ready": self.ready}
+                body = {
+                    "ready": self.ready,
+                    "inSync": self.in_sync,
+                    "sessions": len(self.peers),
+                    "established": sum(st.state == "established" for st in self.peers.values()),
+                }
             else:
                 code, body = 404, {}
             data = json.dumps(body).encode()
@@ -652,6 +841,11 @@ class BgpAgent:
         http = None
         if self.s.health_enabled:
             http = await asyncio.start_server(self._http, self.s.health_host, self.s.health_port)
+        metrics_server = None
+        if self.s.metrics_port:
+            self.metrics.add_process()
+            metrics_server = MetricsServer(self.metrics.registry, "tabby-bgp")
+            await metrics_server.start(self.s.metrics_host, self.s.metrics_port)
         self.exabgp.kill_leftover()
         # Routes of ours already in the kernel (a restart): keep them until convergence.
         try:
@@ -679,6 +873,8 @@ class BgpAgent:
             api_server.close()
             if http is not None:
                 http.close()
+            if metrics_server is not None:
+                metrics_server.close()
         log.info("bgp.stop exit_code=%d", self.exit_code)
         return self.exit_code
 
@@ -688,3 +884,12 @@ class BgpAgent:
             for kr in self.routes.backend.dump(4, self.routes.table)
             if kr.protocol == PROTO_BGP
         ]
+
+
+def _rr_role(spec: PeerSpec, my_cluster: IPv4Address | None) -> str:
+    """The session's route-reflection role as ``tabbyctl node status`` shows it."""
+    if my_cluster is not None and spec.route_reflector_client:
+        return "rr-client"
+    if spec.peer_cluster_id is not None:
+        return "rr-peer" if my_cluster is not None else "reflector"
+    return ""

@@ -171,6 +171,8 @@ class PeerSpec:
     ``port`` is the peer's TCP port (we connect to it unless ``passive``); ``passive`` sessions
     wait for the peer on our listen port. ``keepalive`` is informational (ExaBGP derives it from
     the hold time). ``node`` names the peer when it is a node of the cluster ("" otherwise).
+    ``peer_cluster_id`` is that node's ``routeReflectorClusterID`` (None: not a reflector, or
+    not a node); ``route_reflector_client`` says that *we* reflect to it as our client.
     """
 
     address: IPv4Address
@@ -187,6 +189,7 @@ class PeerSpec:
     route_reflector_client: bool
     name: str
     node: str = ""
+    peer_cluster_id: IPv4Address | None = None
 
     @property
     def ebgp(self) -> bool:
@@ -290,9 +293,8 @@ def _resolve(
     ref = password.secret_key_ref
     value = resolver(ref) if resolver is not None else None
     if value is None:
-        log.warning(
-            "bgp.password_unresolved resource=%s secret=%s key=%s", where, ref.name, ref.key
-        )
+        # debug: this runs on every reconcile; the resolver logs each change of outcome once
+        log.debug("bgp.password_unresolved resource=%s secret=%s key=%s", where, ref.name, ref.key)
         return None, True
     return value, False
 

@@ -12,10 +12,18 @@ IPv4 address.
 Rules (Calico's, as its confd templates apply them):
 - Mesh (``nodeToNodeMeshEnabled``): every other node with a BGP IPv4 address; remote AS is that
   node's ``asNumber`` or the cluster AS; port is that node's listen port or the cluster's.
+  A route reflector (a node with ``routeReflectorClusterID``) is not in the mesh: it has no mesh
+  sessions, and no node has a mesh session to it (Calico's confd does the same).
 - BGPPeer scope: no ``node`` and no ``nodeSelector`` = every node ("global"); ``node: me`` or a
   ``nodeSelector`` matching my labels = this node ("node").
 - BGPPeer target: ``peerIP`` (port from ``peerIP``, default 179; AS from ``asNumber``), or
   ``peerSelector``: every other node whose labels match, at its BGP address and AS.
+- Reverse peerings (Calico keeps peerings between nodes symmetric): a node that a BGPPeer
+  *targets* (it matches ``peerSelector``, or its address and AS are ``peerIP`` / ``asNumber``)
+  peers with every node in that BGPPeer's scope (``node``, ``nodeSelector``, or all nodes), as a
+  node-specific peer. A forward peering to the same address wins over a reverse one. This is what
+  makes Calico's route-reflector recipe (one BGPPeer ``nodeSelector: all()``, ``peerSelector:
+  route-reflector == 'true'``) give the reflectors sessions to every client.
 - Local AS: this node's ``asNumber`` or the cluster AS.
 - Myself is never a peer (by name, and by address).
 - Passive side: for a session between two cluster nodes (mesh, peerSelector, or a peerIP that
@@ -26,8 +34,10 @@ Rules (Calico's, as its confd templates apply them):
 - One session per peer address: when several sources name the same address, a node-specific
   BGPPeer wins over a global one, which wins over the mesh; among equals the BGPPeer whose name
   sorts first wins. (ExaBGP refuses two neighbours with the same address.)
-- Route reflection: when this node has a ``routeReflectorClusterID``, every *node* peer whose
-  cluster ID differs (or is unset) is a route-reflector client.
+- Route reflection (Calico's rule): when this node has a ``routeReflectorClusterID``, every iBGP
+  peer (same AS) whose cluster ID differs from ours, or is unset (any peer that is not a node), is
+  a route-reflector client; a reflector with the same cluster ID is an ordinary (non-client) iBGP
+  peer. ``PeerSpec.peer_cluster_id`` carries the peer node's cluster ID.
 - Hold time: the BGPPeer's ``holdTime``, else ``DEFAULT_HOLD_TIME``; keepalive: the BGPPeer's
   ``keepaliveTime``, else hold/3. Restart time: BGPPeer ``maxRestartTime`` or the mesh's
   ``nodeMeshMaxRestartTime``, else 120 s (clamped to the 12-bit field: 0..4095).
@@ -59,7 +69,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["desired_peers", "is_passive"]
 
-_KIND_RANK: dict[PeerKind, int] = {"node": 0, "global": 1, "mesh": 2}
+_KIND_RANK: dict[PeerKind, int] = {"node": 0, "global": 1, "mesh": 3}
+_REVERSE_RANK = 2  # reverse peerings: after every forward BGPPeer peering, before the mesh
 _MAX_RESTART = 4095
 _EMPTY_LABELS: Mapping[str, str] = {}
 
@@ -118,7 +129,16 @@ def desired_peers(
 
     candidates: list[tuple[int, str, PeerSpec]] = []
 
-    def node_peer(n: NodeInfo, kind: PeerKind, source: BGPPeerInfo | None, label: str) -> None:
+    def rr_client(remote_as: int, peer_cluster: IPv4Address | None) -> bool:
+        return my_cluster is not None and remote_as == local_as and peer_cluster != my_cluster
+
+    def node_peer(
+        n: NodeInfo,
+        kind: PeerKind,
+        source: BGPPeerInfo | None,
+        label: str,
+        rank: int | None = None,
+    ) -> None:
         assert n.ipv4_address is not None
         remote_as = n.as_number if n.as_number is not None else bgp_config.as_number
         hold, keepalive = _timers(source)
@@ -140,17 +160,21 @@ def desired_peers(
             restart_time=restart,
             md5_password=password,
             next_hop_self=_next_hop_self(source, remote_as, local_as),
-            route_reflector_client=(
-                my_cluster is not None and n.route_reflector_cluster_id != my_cluster
-            ),
+            route_reflector_client=rr_client(remote_as, n.route_reflector_cluster_id),
             name=label,
             node=n.name,
+            peer_cluster_id=n.route_reflector_cluster_id,
         )
-        candidates.append((_KIND_RANK[kind], label, spec))
+        candidates.append((_KIND_RANK[kind] if rank is None else rank, label, spec))
 
-    if bgp_config.node_to_node_mesh_enabled and not bgp_config.mesh_password_unresolved:
+    if (
+        bgp_config.node_to_node_mesh_enabled
+        and not bgp_config.mesh_password_unresolved
+        and my_cluster is None
+    ):
         for n in by_address.values():
-            node_peer(n, "mesh", None, f"mesh:{n.name}")
+            if n.route_reflector_cluster_id is None:
+                node_peer(n, "mesh", None, f"mesh:{n.name}")
 
     for p in sorted(peers, key=lambda p: p.name):
         if p.node:
@@ -164,7 +188,7 @@ def desired_peers(
         else:
             kind = "global"
         if p.password_unresolved:
-            log.warning("bgp.peer_skipped peer=%s reason=password-unresolved", p.name)
+            log.debug("bgp.peer_skipped peer=%s reason=password-unresolved", p.name)
             continue
         if p.peer_selector is not None:
             for n in by_address.values():
@@ -193,15 +217,34 @@ def desired_peers(
             restart_time=_restart(p.max_restart_time, bgp_config.node_mesh_max_restart_time),
             md5_password=p.password,
             next_hop_self=_next_hop_self(p, p.as_number, local_as),
-            route_reflector_client=(
-                other is not None
-                and my_cluster is not None
-                and other.route_reflector_cluster_id != my_cluster
+            route_reflector_client=rr_client(
+                p.as_number, other.route_reflector_cluster_id if other is not None else None
             ),
             name=f"{kind}:{p.name}",
             node=other.name if other is not None else "",
+            peer_cluster_id=other.route_reflector_cluster_id if other is not None else None,
         )
         candidates.append((_KIND_RANK[kind], spec.name, spec))
+
+    # Reverse peerings: BGPPeers that target this node make it peer with their scope.
+    for p in sorted(peers, key=lambda p: p.name):
+        if p.password_unresolved:
+            continue
+        if p.peer_selector is not None:
+            targeted = p.peer_selector.evaluate(my_labels)
+        else:
+            targeted = p.peer_ip == my_ip and p.as_number == local_as
+        if not targeted:
+            continue
+        for n in by_address.values():
+            if p.node:
+                in_scope = n.name == p.node
+            elif p.node_selector is not None:
+                in_scope = p.node_selector.evaluate(node_labels.get(n.name, _EMPTY_LABELS))
+            else:
+                in_scope = True
+            if in_scope:
+                node_peer(n, "node", p, f"node:{p.name}:{n.name}:reverse", _REVERSE_RANK)
 
     chosen: dict[IPv4Address, PeerSpec] = {}
     for _rank, _label, spec in sorted(candidates, key=lambda c: (c[0], c[1])):

@@ -34,7 +34,9 @@ Invariants:
   a path re-announced after the restart is fresh again. A peer going down again before its
   End-of-RIB keeps the earlier deadline: flapping never extends how long stale routes live.
 - ``changes()`` reports each prefix whose candidates changed at least once since the previous
-  call (possibly with the same best path: consumers diff their own output).
+  call (possibly with the same best path: consumers diff their own output). A second consumer
+  (route reflection) registers with ``watch(name)`` and drains its own set with
+  ``changes(name)``; consumers never steal each other's changes.
 """
 
 from __future__ import annotations
@@ -94,7 +96,15 @@ def select(
 class Rib:
     """Adj-RIB-In of every peer plus best-path selection (see the module doc)."""
 
-    __slots__ = ("_adj", "_by_prefix", "_dirty", "_stale", "always_compare_med", "ecmp")
+    __slots__ = (
+        "_adj",
+        "_by_prefix",
+        "_dirty",
+        "_stale",
+        "_watchers",
+        "always_compare_med",
+        "ecmp",
+    )
 
     def __init__(self, *, ecmp: bool = True, always_compare_med: bool = False) -> None:
         self.ecmp = ecmp
@@ -103,6 +113,16 @@ class Rib:
         self._by_prefix: dict[IPNetwork, dict[IPAddress, Path]] = {}
         self._stale: dict[IPAddress, dict[IPNetwork, float]] = {}
         self._dirty: set[IPNetwork] = set()
+        self._watchers: dict[str, set[IPNetwork]] = {}
+
+    def _mark(self, prefix: IPNetwork) -> None:
+        self._dirty.add(prefix)
+        for dirty in self._watchers.values():
+            dirty.add(prefix)
+
+    def watch(self, name: str) -> None:
+        """Register a further consumer of ``changes(name)`` (idempotent)."""
+        self._watchers.setdefault(name, set())
 
     # ----------------------------------------------------------------------------- updates
 
@@ -128,13 +148,13 @@ class Rib:
             del cands[peer]
             if not cands:
                 del self._by_prefix[prefix]
-            self._dirty.add(prefix)
+            self._mark(prefix)
             return
         if old == path:
             return  # unchanged (if it was stale, it is fresh again now)
         self._adj.setdefault(peer, {})[prefix] = path
         self._by_prefix.setdefault(prefix, {})[peer] = path
-        self._dirty.add(prefix)
+        self._mark(prefix)
 
     def peer_down(
         self,
@@ -188,7 +208,7 @@ class Rib:
         del cands[peer]
         if not cands:
             del self._by_prefix[prefix]
-        self._dirty.add(prefix)
+        self._mark(prefix)
 
     # ----------------------------------------------------------------------------- reads
 
@@ -201,10 +221,12 @@ class Rib:
             return tuple(cands.values())
         return select(cands.values(), ecmp=self.ecmp, always_compare_med=self.always_compare_med)
 
-    def changes(self) -> frozenset[IPNetwork]:
-        """Prefixes whose candidates changed since the previous call (drains the set)."""
-        dirty = frozenset(self._dirty)
-        self._dirty.clear()
+    def changes(self, name: str | None = None) -> frozenset[IPNetwork]:
+        """Prefixes whose candidates changed since the previous call (drains the set);
+        ``name``: the set of a consumer registered with ``watch``."""
+        dirty_set = self._dirty if name is None else self._watchers[name]
+        dirty = frozenset(dirty_set)
+        dirty_set.clear()
         return dirty
 
     def prefixes(self) -> Iterator[IPNetwork]:

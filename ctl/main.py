@@ -3,7 +3,8 @@
 Role: parse the command line (click), load and validate manifests (``ctl.manifests``), talk to
 etcd through ``datastore.client.ResourceClient`` and print results (``ctl.output``).
 Commands: ``apply``, ``create``, ``replace``, ``delete``, ``get``, ``validate``, ``version``,
-``ipam show|check|release`` (``ctl.ipam``), ``node status`` (``ctl.node``).
+``ipam show|check|release`` (``ctl.ipam``), ``node status`` (``ctl.node``),
+``explain endpoint|hostendpoint`` and ``trace`` (``ctl.explain``; exit 1 also for a denied flow).
 Inputs: arguments, manifest files/directories/stdin, the connection from ``--etcd-endpoints``
 or calicoctl's ``ETCD_ENDPOINTS``/``ETCD_CA_CERT_FILE``/``ETCD_CERT_FILE``/``ETCD_KEY_FILE``.
 Outputs: results on stdout; errors on stderr as one line each (``error: ...``), never a
@@ -32,8 +33,9 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
 
-from ctl import ipam, manifests, output
+from ctl import diags, explain, ipam, manifests, output
 from ctl.node import node as node_group
+from ctl.register import command as node_register_command
 from datastore import errors as ds_errors
 from datastore import kv
 from datastore.client import (
@@ -506,7 +508,17 @@ cli.add_command(
     )
 )
 
+node_group.add_command(
+    node_register_command(connect=_client, guard=_guarded, connection_options=_connection_options)
+)
 cli.add_command(node_group)
+
+cli.add_command(diags.command(connect=_client, connection_options=_connection_options))
+
+for _command in explain.commands(
+    connect=_client, guard=_guarded, connection_options=_connection_options, fail=_fail
+):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,11 @@
 
 Role: like ``calicoctl node status`` (which asks BIRD), ask the local tabby-bgp for its status
 document (``GET /status`` on its health port, 127.0.0.1:9098 by default) and print the role and
-one row per session: peer, type (mesh / global / node), state, since, prefixes received,
-installed and announced. Exit code 1 when the agent does not answer.
+one row per session: peer, type (mesh / global / node, plus its route-reflection role:
+``rr-client`` = we reflect to it, ``rr-peer`` = a fellow reflector (non-client), ``reflector`` =
+it reflects to us), state, since, prefixes received, installed and announced (own blocks plus
+reflected routes). The role line says ``mesh``, ``client`` or ``reflector`` (with the cluster ID,
+and ``dedicated`` for ``tabby-bgp --route-reflector``). Exit code 1 when the agent does not answer.
 """
 
 from __future__ import annotations
@@ -22,6 +25,19 @@ from ctl.output import format_rows
 TYPE_NAMES = {"mesh": "node-to-node mesh", "global": "global", "node": "node specific"}
 
 
+def _role(st: dict[str, Any]) -> str:
+    role = str(st.get("role"))
+    if role == "reflector":
+        role += f" (cluster {st.get('clusterID')}"
+        role += ", dedicated)" if st.get("dedicatedReflector") else ")"
+    return role
+
+
+def _peer_type(p: dict[str, Any]) -> str:
+    name = TYPE_NAMES.get(str(p.get("type")), str(p.get("type")))
+    return f"{name}, {p['rrRole']}" if p.get("rrRole") else name
+
+
 def fetch_status(host: str, port: int, timeout: float = 3.0) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=timeout) as resp:
         data: dict[str, Any] = json.loads(resp.read())
@@ -31,7 +47,7 @@ def fetch_status(host: str, port: int, timeout: float = 3.0) -> dict[str, Any]:
 def render_status(st: dict[str, Any]) -> str:
     lines = [
         f"tabby-bgp is running on node {st.get('node')} ({st.get('address') or 'no address'}), "
-        f"role: {st.get('role')}, datastore {'in sync' if st.get('inSync') else 'NOT in sync'}.",
+        f"role: {_role(st)}, datastore {'in sync' if st.get('inSync') else 'NOT in sync'}.",
         f"ExaBGP: {'running' if st.get('exabgp', {}).get('running') else 'NOT running'} "
         f"(restarts {st.get('exabgp', {}).get('restarts', 0)})",
         "",
@@ -43,12 +59,12 @@ def render_status(st: dict[str, Any]) -> str:
         rows.append(
             [
                 str(p.get("peer")),
-                TYPE_NAMES.get(str(p.get("type")), str(p.get("type"))),
+                _peer_type(p),
                 "up" if p.get("state") == "established" else str(p.get("state")),
                 since,
                 str(p.get("prefixesReceived", 0)),
                 str(p.get("prefixesInstalled", 0)),
-                str(p.get("prefixesAnnounced", 0)),
+                str(int(p.get("prefixesAnnounced", 0)) + int(p.get("prefixesReflected", 0))),
             ]
         )
     if len(rows) == 1:
@@ -60,7 +76,7 @@ def render_status(st: dict[str, Any]) -> str:
 
 @click.group()
 def node() -> None:
-    """This node: BGP status."""
+    """This node: BGP status, registration."""
 
 
 @node.command()

@@ -290,6 +290,23 @@ class Calculator:
         return self._pools
 
     @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        """Every endpoint of the cluster (all nodes), by key; read-only for callers."""
+        return self._endpoints
+
+    @property
+    def tiers(self) -> dict[str, Tier]:
+        return self._tiers
+
+    @property
+    def network_sets(self) -> dict[str, NetworkSet]:
+        return self._netsets
+
+    def effective_labels(self, ep_key: str) -> FrozenLabels | None:
+        """The labels selectors see for an endpoint: its own over its profiles' labelsToApply."""
+        return self._eff_labels.get(ep_key)
+
+    @property
     def host_addresses(self) -> frozenset[IPv4Address]:
         return frozenset(self._hosts.values())
 

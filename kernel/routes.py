@@ -13,8 +13,8 @@ per apply.
 Invariants:
 - Ownership is the protocol number. Routes with another protocol are never replaced or deleted:
   a foreign route on a destination we want (same destination and metric) is a *conflict*, logged
-  and reported, and nothing is written for it. Deletes always carry ``proto N``, so the kernel
-  itself refuses to delete a foreign route.
+  (once while it lasts, even across read-backs) and reported, and nothing is written for it.
+  Deletes always carry ``proto N``, so the kernel itself refuses to delete a foreign route.
 - ``apply()`` reads back our routes (``resync``) on the first apply, after any failed write,
   when ``refresh_interval`` has passed, and after ``invalidate()``; otherwise it trusts its own
   record of what it wrote. It writes only the difference, so an apply with nothing changed writes
@@ -566,6 +566,7 @@ class RouteTable:
         self._dirty: set[IPNetwork] = set()
         self._waiting: dict[IPNetwork, frozenset[str]] = {}  # pending on interfaces
         self._conflicts: set[IPNetwork] = set()
+        self._warned: set[IPNetwork] = set()  # conflicts logged (once while they last)
         self._resync_due = True
         self._last_resync = 0.0
 
@@ -729,7 +730,8 @@ class RouteTable:
             assert want.metric is not None
             theirs = self._foreign.get((dst, want.metric))
             if theirs is not None:
-                if dst not in self._conflicts:
+                if dst not in self._warned:
+                    self._warned.add(dst)
                     log.warning(
                         "routes.conflict dst=%s table=%d ours=%d theirs=%d",
                         dst,
@@ -737,7 +739,7 @@ class RouteTable:
                         self.protocol,
                         theirs,
                     )
-                    self._conflicts.add(dst)
+                self._conflicts.add(dst)
                 continue
             if self._waiting and dst in self._waiting:
                 continue
@@ -751,6 +753,8 @@ class RouteTable:
         self._dirty.difference_update(done)
         if self._conflicts:
             self._conflicts.difference_update(done)
+        if self._warned:
+            self._warned &= self._conflicts
         return deletes + writes
 
     def apply(self, *, allow_refresh: bool = True) -> ApplyResult:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,11 +28,14 @@ from typing import Any
 
 import click
 
-from lab import fabric, peers
+from lab import fabric, peers, tor
 from lab.topology import LabSpec, Topology, TopologyError, WorkloadPlan, plan
 
 DEFAULT_STATE_ROOT = Path("/run/tabby-lab")
 VENV_BIN = Path(sys.executable).parent
+# Seconds a tabbyctl/CNI command or the supervisor's start may take; raise it on slow machines
+# (tests/vm runs the lab in an emulated VM, where a Python process start alone takes seconds).
+CMD_TIMEOUT = float(os.environ.get("TABBY_LAB_CMD_TIMEOUT", "60"))
 
 
 def _state_dir(root: Path, name: str) -> Path:
@@ -94,7 +99,7 @@ def _tabbyctl(topo: Topology, args: Sequence[str], input_text: str | None = None
         topo.nodes[0].netns,
         ["env", "ETCD_ENDPOINTS=http://127.0.0.1:2379", ctl, *args],
         input_text=input_text,
-        timeout=60,
+        timeout=CMD_TIMEOUT,
     )
     return res.stdout
 
@@ -141,10 +146,12 @@ def _resources(topo: Topology) -> list[dict[str, Any]]:
                 "spec": {"bgp": {"ipv4Address": node.address}},
             }
         )
-    return docs
+    return tor.resources(topo, docs)
 
 
-def _cni_conf(node_name: str) -> str:
+def _cni_conf(node_name: str, pod: str = "") -> str:
+    # Labels a Kubernetes pod would carry, so policies can select one workload or one node's.
+    labels = {"node": node_name, **({"workload": pod} if pod else {})}
     return json.dumps(
         {
             "cniVersion": "1.0.0",
@@ -152,6 +159,7 @@ def _cni_conf(node_name: str) -> str:
             "type": "tabby",
             "etcd_endpoints": "http://127.0.0.1:2379",
             "nodename": node_name,
+            "labels": labels,
             "mtu": 1480,
             "ipam": {"type": "tabby-ipam", "ipv4_pools": ["10.65.0.0/16"]},
         }
@@ -172,11 +180,11 @@ def cni(topo: Topology, wl: WorkloadPlan, command: str) -> dict[str, Any]:
     }
     res = subprocess.run(
         ["ip", "netns", "exec", node.netns, str(VENV_BIN / "tabby-cni")],
-        input=_cni_conf(node.name),
+        input=_cni_conf(node.name, wl.name),
         capture_output=True,
         text=True,
         env=env,
-        timeout=60,
+        timeout=CMD_TIMEOUT,
         check=False,
     )
     if res.returncode != 0:
@@ -197,12 +205,21 @@ def workload_ips(state: Path) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------ commands
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--name", default="tabby", show_default=True, help="Lab name (1-8 letters/digits).")
+@click.option(
+    "--name",
+    default="tabby",
+    show_default=True,
+    envvar="TABBY_LAB_NAME",
+    show_envvar=True,
+    help="Lab name (1-8 letters/digits).",
+)
 @click.option(
     "--state-root",
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_STATE_ROOT,
     show_default=True,
+    envvar="TABBY_LAB_STATE_ROOT",
+    show_envvar=True,
     help="Where lab state is kept.",
 )
 @click.pass_context
@@ -233,6 +250,14 @@ def main(ctx: click.Context, name: str, state_root: Path) -> None:
     show_default=True,
     help="Agents to run on every node.",
 )
+@click.option(
+    "--tor",
+    "tor_kind",
+    type=click.Choice(["frr"]),
+    default=None,
+    help="A top-of-rack router per subnet (FRR, eBGP, AS per rack and per node, no mesh; "
+    "see lab/tor.py) instead of the shared router.",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -242,6 +267,7 @@ def up(
     workloads_per_node: int,
     etcd_endpoints: str | None,
     agents: str,
+    tor_kind: str | None,
 ) -> None:
     """Create the lab: fabric, router, nodes, etcd, agents, workloads."""
     state: Path = ctx.obj["state"]
@@ -253,6 +279,7 @@ def up(
                 subnets,
                 ipip,  # type: ignore[arg-type]
                 workloads_per_node,
+                tor=tor_kind or "",
             )
         )
     except TopologyError as exc:
@@ -268,6 +295,7 @@ def up(
 
     try:
         fabric.build(topo, progress)
+        tor.build(topo, state, progress)
         if ipip != "Never" and not fabric.kernel_has_ipip(topo.nodes[0].netns):
             click.echo(
                 f"note: this kernel ({os.uname().release}) has no IP-in-IP (ipip): with --ipip "
@@ -297,7 +325,7 @@ def up(
             start_new_session=True,
         )
         (state / "supervisor.pid").write_text(str(sup.pid))
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + CMD_TIMEOUT
         while not (state / "supervisor.ready").exists():
             if sup.poll() is not None or time.monotonic() > deadline:
                 raise click.ClickException(f"supervisor failed; see {state / 'supervisor.log'}")
@@ -356,6 +384,7 @@ def _down(state: Path, quiet: bool = False) -> None:
         "supervisor.ready",
     ):
         (state / f).unlink(missing_ok=True)
+    shutil.rmtree(state / "secrets", ignore_errors=True)
 
 
 @main.command()
@@ -398,9 +427,16 @@ def status(ctx: click.Context) -> None:
         )
     for peer in peers.load(state):
         alive = all(_alive(pid) for pid in peer.pids) and bool(peer.pids)
+        running = "running" if alive else "NOT running"
+        if peer.role == "tor":
+            click.echo(
+                f"  {peer.name:8} {peer.address:18} {peer.kind} top-of-rack router {running}, "
+                f"AS {peer.as_number}, transit {peer.transit}"
+            )
+            continue
         click.echo(
             f"  {peer.name:8} {peer.address:18} {peer.kind} peer "
-            f"{'running' if alive else 'NOT running'}, originates {peer.originate} "
+            f"{running}, originates {peer.originate} "
             f"(target {peer.target})"
         )
 
@@ -476,6 +512,56 @@ def agent(ctx: click.Context, action: str, node: str, agent: str) -> None:
     ctl.mkdir(exist_ok=True)
     f = ctl / f"{time.time_ns()}.json"
     f.write_text(json.dumps({"action": action, "node": node, "agent": agent}))
+
+
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _secret_path(state: Path, name: str, key: str) -> Path:
+    """``<state>/secrets/<name>/<key>``: the layout tabby-bgp reads (bgp/secrets.py), whose
+    own checks are stricter; these keep the path inside the directory."""
+    if not _SECRET_NAME.match(name) or ".." in name:
+        raise click.ClickException(f"secret name {name!r}: lower-case letters, digits, - and .")
+    if not _SECRET_KEY.match(key) or key in (".", ".."):
+        raise click.ClickException(f"secret key {key!r}: letters, digits, -, _ and .")
+    return state / "secrets" / name / key
+
+
+@main.group()
+def secret() -> None:
+    """Secrets for BGP passwords (``secretKeyRef``), as files every node's tabby-bgp reads."""
+
+
+@secret.command(name="set")
+@click.argument("name")
+@click.argument("key")
+@click.option("--value", default=None, help="The value (default: read from standard input).")
+@click.pass_context
+def secret_set(ctx: click.Context, name: str, key: str, value: str | None) -> None:
+    """Set key KEY of secret NAME (a BGPPeer's password.secretKeyRef {name, key})."""
+    state: Path = ctx.obj["state"]
+    _load(state)
+    data = value if value is not None else sys.stdin.read()
+    path = _secret_path(state, name, key)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{key}.tmp")
+    tmp.write_bytes(b"")
+    tmp.chmod(0o600)
+    tmp.write_text(data)
+    tmp.replace(path)
+    click.echo(f"secret {name} key {key} set ({path})")
+
+
+@secret.command(name="del")
+@click.argument("name")
+@click.argument("key")
+@click.pass_context
+def secret_del(ctx: click.Context, name: str, key: str) -> None:
+    """Remove key KEY of secret NAME (peers using it are left out: fail closed)."""
+    path = _secret_path(ctx.obj["state"], name, key)
+    path.unlink(missing_ok=True)
+    click.echo(f"secret {name} key {key} removed")
 
 
 @main.group()

@@ -64,6 +64,8 @@ class PeerPlan:
     as_number: int
     state_dir: str
     pids: tuple[int, ...] = ()
+    role: str = "peer"  # "peer" (``peer add``) or "tor" (a rack's router, ``lab.tor``)
+    transit: str = ""  # a ToR's address on the inter-rack transit network, with prefix length
 
     @property
     def ip(self) -> str:
@@ -92,6 +94,11 @@ def _save(state: Path, peers: list[PeerPlan]) -> None:
     tmp = state / "peers.json.tmp"
     tmp.write_text(json.dumps([asdict(p) for p in peers], indent=2))
     tmp.replace(state / "peers.json")
+
+
+def save(state: Path, peers: list[PeerPlan]) -> None:
+    """Replace the recorded peers (atomically)."""
+    _save(state, peers)
 
 
 def find(state: Path, name: str) -> PeerPlan:
@@ -126,7 +133,7 @@ def plan_peer(
         raise PeerError(f"peer name {name!r} is already used in lab {topo.spec.name}")
     if kind not in KINDS:
         raise PeerError(f"peer {name}: kind {kind!r} is not one of {', '.join(KINDS)}")
-    if len(existing) >= MAX_PEERS:
+    if sum(p.role == "peer" for p in existing) >= MAX_PEERS:
         raise PeerError(f"peer {name}: at most {MAX_PEERS} peers per lab")
     subnet = topo.subnets[0]
     cidr = IPv4Network(subnet.cidr)
@@ -260,11 +267,16 @@ def _start_bird(peer: PeerPlan, neighbours: list[tuple[str, str]]) -> tuple[int,
 
 
 def _start_frr(peer: PeerPlan, neighbours: list[tuple[str, str]]) -> tuple[int, ...]:
+    return start_frr(peer, frr_bgpd_config(peer, neighbours))
+
+
+def start_frr(peer: PeerPlan, bgpd_conf: str) -> tuple[int, ...]:
+    """Start zebra and bgpd for ``peer`` with ``bgpd_conf``; returns (bgpd, zebra) PIDs."""
     base = Path(peer.state_dir)
     vty = Path(peer.socket)
     vty.mkdir(exist_ok=True)
     (base / "zebra.conf").write_text(f"hostname {peer.name}\n!\n")
-    (base / "bgpd.conf").write_text(frr_bgpd_config(peer, neighbours))
+    (base / "bgpd.conf").write_text(bgpd_conf)
     for path in (base, vty, base / "zebra.conf", base / "bgpd.conf"):
         shutil.chown(path, "frr", "frr")
     zsock = str(base / "zserv.api")
@@ -336,7 +348,7 @@ def add(
     existing = load(state)
     if originate is None:
         originate = free_prefix(
-            topo, {IPv4Network(p.originate) for p in existing}, list(avoid or [])
+            topo, {IPv4Network(p.originate) for p in existing if p.originate}, list(avoid or [])
         )
     peer = plan_peer(topo, state, name, kind, originate, existing)
     if peer.netns in fabric.existing_netns():

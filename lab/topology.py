@@ -6,7 +6,9 @@ Inputs: ``LabSpec``. Outputs: ``Topology`` (frozen), JSON-serialisable for the s
 
 Layout (every namespace is created by the lab and carries its ``ns_prefix``):
   fabric   one namespace holding a Linux bridge per subnet (``br<k>``)
-  router   one namespace routing between the subnets (``.1`` of each subnet, ip_forward on)
+  router   one namespace routing between the subnets (``.1`` of each subnet, ip_forward on);
+           with ``tor`` set it stays unconnected and each subnet's ``.1`` is instead the rack's
+           top-of-rack router ``<prefix>tor<k>`` (FRR, eBGP; see ``lab.tor``)
   nodes    ``<prefix>n<i>``: ``eth0`` on its subnet's bridge, default route via the router
   infra    etcd is reached from inside every node at 127.0.0.1:2379 (a namespace bridge)
 Subnets are /26s of 198.51.100.0/24, then of 203.0.113.0/24 (documentation ranges: never the
@@ -40,6 +42,7 @@ class LabSpec:
     ipip: IpipMode = "Never"
     workloads_per_node: int = 2
     as_number: int = 64512
+    tor: str = ""  # "frr": an FRR router per rack instead of the shared router (lab.tor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,12 @@ def plan(spec: LabSpec) -> Topology:
         raise TopologyError(f"--subnets {spec.subnets}: more subnets than nodes ({spec.nodes})")
     if spec.workloads_per_node < 0:
         raise TopologyError("--workloads-per-node: not negative")
+    if spec.tor not in ("", "frr"):
+        raise TopologyError(f"--tor {spec.tor!r}: only frr")
+    if spec.tor and spec.subnets >= MAX_SUBNETS:
+        raise TopologyError(
+            f"--tor: at most {MAX_SUBNETS - 1} subnets (the last /26 is the ToRs' transit)"
+        )
     prefix = f"tl{spec.name}-"
     subnets = []
     for k in range(spec.subnets):

@@ -180,6 +180,23 @@ class Lab:
     def peer_cli(self, name: str, *cmd: str) -> str:
         return self.run("peer", "cli", name, *cmd).stdout
 
+    def vtysh(self, name: str, *commands: str) -> str:
+        """Run vtysh commands (``-c`` each, in order) on FRR peer or ToR ``name``."""
+        argv = ["vtysh", "--vty_socket", self.peer(name)["socket"]]
+        for c in commands:
+            argv += ["-c", c]
+        return self.exec(name, *argv).stdout
+
+    def frr_json(self, name: str, command: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.vtysh(name, f"{command} json"))
+        return data
+
+    def secret_set(self, name: str, key: str, value: str) -> None:
+        self.run("secret", "set", name, key, "--value", value)
+
+    def secret_del(self, name: str, key: str) -> None:
+        self.run("secret", "del", name, key)
+
     # ---------------------------------------------------------------- state directory
     @property
     def topology(self) -> Topology:

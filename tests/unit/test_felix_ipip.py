@@ -65,7 +65,9 @@ class Bed:
         ipt6 = FakeIptablesBackend(set_exists=self.ipsets.exists)
         self.ipsets.references = lambda n: self.ipt.set_references(n) + ipt6.set_references(n)
         backends = {4: self.ipt, 6: ipt6}
-        tables = {(t, v): IptablesTable(t, v, backend=backends[v]) for t in TABLES for v in (4, 6)}
+        tables: dict[tuple[str, int], IptablesTable] = {
+            (t, v): IptablesTable(t, v, backend=backends[v]) for t in TABLES for v in (4, 6)
+        }
         self.calc = Calculator(HOST)
         self.inputs = InputState(self.calc)
         self.dp = Dataplane(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 import pytest
@@ -79,6 +80,31 @@ def test_foreign_route_on_wanted_destination_is_a_conflict_not_overridden() -> N
     res = rt.apply()
     assert res.conflicts == ()
     assert fake.table(FELIX)[net("10.65.0.1/32")].ifname == "tbw1"
+
+
+def test_conflict_logged_once_across_resyncs_and_again_when_it_returns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake, rt = make()
+    foreign = dev_route("10.65.0.1/32", "eth0")
+    fake.put(foreign, STATIC)
+    rt.set_route(dev_route("10.65.0.1/32", "tbw1"))
+
+    def warnings() -> int:
+        return sum("routes.conflict" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="kernel.routes"):
+        for _ in range(3):  # a caller re-checking a conflict (bgp: every 5 s)
+            rt.invalidate()
+            assert rt.apply().conflicts == (foreign.dst,)
+        assert warnings() == 1
+        del fake.routes[(254, foreign.dst, 0)]
+        rt.invalidate()
+        assert rt.apply().added == 1
+        fake.put(foreign, STATIC, table=254)  # taken over again by someone else ("replace")
+        rt.invalidate()
+        assert rt.apply().conflicts == (foreign.dst,)
+        assert warnings() == 2
 
 
 def test_foreign_route_appearing_between_resyncs_is_not_overridden() -> None:
