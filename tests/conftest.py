@@ -8,10 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from kernel.netns import REQUIRE_ENV
 from lab.etcd import EtcdServer
 from tests.support.netns import NetnsFactory
+
+# Property tests run on busy 2-core CI machines: no per-example deadline (a slow example is not
+# a wrong one), and no "too slow" health check; the example counts stay as each test sets them.
+settings.register_profile(
+    "tabby", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("tabby")
 
 # Kernel drivers refuse to write to the root network namespace for the whole test run.
 # The value is the root namespace's inode, so agents started under `ip netns exec` (which may not
