@@ -263,7 +263,8 @@ class IpTunnelKernel:
         self.netns = netns
 
     def _addrs(self, argv: list[str]) -> list[dict[str, Any]]:
-        res = run_cmd(self.netns, ["ip", "-j", "-4", "addr", "show", *argv])
+        # No "-4": it would hide interfaces without an IPv4 address (a fresh tunl0).
+        res = run_cmd(self.netns, ["ip", "-j", "addr", "show", *argv])
         if res.returncode != 0:
             if "does not exist" in res.stderr:
                 return []
@@ -291,7 +292,7 @@ class IpTunnelKernel:
     def uplink_mtu(self, address: IPv4Address) -> int | None:
         for link in self._addrs([]):
             for a in link.get("addr_info", []):
-                if a.get("local") == str(address):
+                if a.get("family") == "inet" and a.get("local") == str(address):
                     return int(link.get("mtu", 0)) or None
         return None
 

@@ -36,6 +36,8 @@ VENV_BIN = Path(sys.executable).parent
 # Seconds a tabbyctl/CNI command or the supervisor's start may take; raise it on slow machines
 # (tests/vm runs the lab in an emulated VM, where a Python process start alone takes seconds).
 CMD_TIMEOUT = float(os.environ.get("TABBY_LAB_CMD_TIMEOUT", "60"))
+# The CNI plugin's etcd deadline (its own default is 5 s).
+CNI_ETCD_TIMEOUT = float(os.environ.get("TABBY_LAB_ETCD_TIMEOUT", "5"))
 
 
 def _state_dir(root: Path, name: str) -> Path:
@@ -161,6 +163,7 @@ def _cni_conf(node_name: str, pod: str = "") -> str:
             "nodename": node_name,
             "labels": labels,
             "mtu": 1480,
+            "etcd_timeout": CNI_ETCD_TIMEOUT,
             "ipam": {"type": "tabby-ipam", "ipv4_pools": ["10.65.0.0/16"]},
         }
     )

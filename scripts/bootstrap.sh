@@ -11,6 +11,10 @@ shift || true
 APT_PACKAGES=(make iproute2 iptables ipset conntrack etcd-server etcd-client
               iputils-ping netcat-openbsd tcpdump procps curl python3-venv
               bird2 frr containernetworking-plugins)
+if [ "$job" = test ]; then
+    # tests/vm boots a stock Debian kernel (which has ipip) in a software-emulated VM.
+    APT_PACKAGES+=(qemu-system-x86 linux-image-amd64 busybox-static)
+fi
 
 need_apt=()
 for p in "${APT_PACKAGES[@]}"; do
