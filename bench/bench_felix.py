@@ -93,7 +93,8 @@ VERSIONS = ("v1", "v2", "v3")
 TRIAL_LABELS = {"app": "app-03", "role": "frontend", "tier": "web", "env": "prod", "version": "v1"}
 TRIAL_NS = "team-3"
 APPLY_RE = re.compile(
-    r"dataplane\.apply ms=([\d.]+) iptables_restores=(\d+) rules=(\d+) ipset_writes=(\d+) "
+    r"dataplane\.apply ms=([\d.]+) (?:[a-z_]+_ms=[\d.]+ )*iptables_restores=(\d+) rules=(\d+) "
+    r"ipset_writes=(\d+) "
     r"routes=(\d+) sysctls=(\d+) failures=(\d+)"
 )
 

@@ -265,8 +265,11 @@ class Calculator:
         if cached is not None:
             return cached
         counts = self._set_counts.get(set_id, {})
-        v4 = frozenset(m for m in counts if ":" not in m.split(",")[0])
-        v6 = frozenset(m for m in counts if ":" in m.split(",")[0])
+        # IPv6 members have a ":" in their address part; IPv4 ones only in ",proto:port".
+        v6 = frozenset(
+            m for m in counts if ":" in m and ("," not in m or ":" in m.partition(",")[0])
+        )
+        v4 = frozenset(counts.keys() - v6) if v6 else frozenset(counts)
         st = SetState(self._set_defs[set_id], v4, v6)
         self._set_cache[set_id] = st
         return st

@@ -397,7 +397,9 @@ def _builtins(table: str) -> tuple[str, ...]:
 
 
 def _ipset(r: IpSetRender) -> IPSet:
-    return IPSet(r.name, r.set_type, r.family, r.members)  # type: ignore[arg-type]
+    # felix renders members in ipset's canonical text (str() of ipaddress values), so the
+    # driver need not parse them again.
+    return IPSet.trusted(r.name, r.set_type, r.family, r.members)  # type: ignore[arg-type]
 
 
 def parse_ip(text: str) -> IPv4Address | IPv6Address:

@@ -188,6 +188,33 @@ class IPSet:
     def meta(self) -> tuple[str, str, int]:
         return (self.type, self.family, self.maxelem)
 
+    @classmethod
+    def trusted(
+        cls,
+        name: str,
+        type: SetType,
+        family: Family,
+        members: frozenset[str],
+        maxelem: int = DEFAULT_MAXELEM,
+    ) -> IPSet:
+        """An IPSet whose members the caller guarantees are already canonical (exactly as
+        ``ipset save`` prints them): skips re-parsing every member, which dominated updates of
+        large sets. Type, family and size are still checked."""
+        if type not in SET_TYPES or family not in ("inet", "inet6"):
+            raise IpsetConfigError(f"ipset {name}: bad type {type!r} or family {family!r}")
+        if len(members) > maxelem:
+            raise IpsetConfigError(f"ipset {name}: {len(members)} members exceed {maxelem}")
+        obj = object.__new__(cls)
+        for attr, value in (
+            ("name", name),
+            ("type", type),
+            ("family", family),
+            ("members", members),
+            ("maxelem", maxelem),
+        ):
+            object.__setattr__(obj, attr, value)
+        return obj
+
 
 @dataclass(frozen=True, slots=True)
 class IpsetApplyResult:

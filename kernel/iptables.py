@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import logging
 import re
@@ -178,15 +179,21 @@ class ApplyResult:
 
 def rule_hashes(chain: str, rules: Sequence[Rule]) -> tuple[str, ...]:
     """Position-independent, stable hashes of ``rules`` in ``chain`` (unique within the chain)."""
-    seen: Counter[str] = Counter()
+    seen: Counter[Rule] = Counter()
     out: list[str] = []
     for rule in rules:
-        text = f"{rule.body()}\x00{rule.comment or ''}"
-        nth = seen[text]
-        seen[text] += 1
-        digest = hashlib.sha224(f"{_HASH_VERSION}\x00{chain}\x00{text}\x00{nth}".encode()).digest()
-        out.append(base64.urlsafe_b64encode(digest)[:HASH_LEN].decode())
+        nth = seen[rule]
+        seen[rule] += 1
+        out.append(_rule_hash(chain, rule, nth))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _rule_hash(chain: str, rule: Rule, nth: int) -> str:
+    # Memoised: big chains (the dispatch chains) are rehashed whenever one rule changes.
+    text = f"{rule.body()}\x00{rule.comment or ''}"
+    digest = hashlib.sha224(f"{_HASH_VERSION}\x00{chain}\x00{text}\x00{nth}".encode()).digest()
+    return base64.urlsafe_b64encode(digest)[:HASH_LEN].decode()
 
 
 def render_rule(head: str, rule_hash: str, rule: Rule) -> str:
