@@ -8,25 +8,28 @@ Convention (stated for readers in docs/guide/README.md):
   refused (they would hide commands from this test).
 - HTML comments on the lines right before a block annotate it:
   ``<!-- notest: REASON -->`` the block is not run (counted; see ``NOTEST_ALLOWED``);
-  ``<!-- doctest: exit=N contains="TEXT" retry=SECONDS in=outside -->``: the block's last command
-  must exit N (default 0) and print TEXT (stdout or stderr); with ``retry`` the whole block is run
-  again until that holds or SECONDS pass (convergence); ``in=outside`` (bare-metal chapter) runs
-  it on the machine outside the host instead of on the host. Commands before the last must exit 0.
+  ``<!-- doctest: exit=N contains="TEXT" match="REGEX" retry=SECONDS in=outside -->``: the
+  block's last command must exit N (default 0) and print TEXT (stdout or stderr); ``match``: its
+  stdout must match the Python regular expression (``re.search``, ``.`` matches newlines too;
+  e.g. that a table has exactly one given row); with ``retry`` the whole block is run again until
+  that holds or SECONDS pass (convergence); ``in=outside`` (bare-metal chapter) runs it on the
+  machine outside the host instead of on the host. Commands before the last must exit 0.
 - Each file names where its commands run with ``<!-- doctest-env: ENV -->``:
   ``shell`` (the repository directory, nothing else), ``lab`` (a fresh lab that the file itself
   brings up and down: ``$TABBY_LAB_NAME`` gives it a unique name), ``lab-up`` (a fresh lab already
   up: 3 nodes, 2 workloads each), ``host`` (a FelixBed: the commands run inside a node namespace,
   which is "the host" node1 with eth0 198.51.100.1/24 and etcd at 127.0.0.1:2379, running
   tabby-felix, with TCP listeners on 22, 80 and 8080; ``in=outside`` runs in the namespace at
-  198.51.100.2 that plays another machine on the LAN).
+  198.51.100.2 that plays another machine on the LAN); ``reflector`` (deploy/ROUTE-REFLECTOR.md
+  only, which is not part of this test: tests/lab/test_rr_howto.py runs it on a dedicated
+  reflector host in a lab).
 Blocks run in file order, every command in its own ``bash -c`` from the repository directory,
 with ``.venv/bin`` first in ``PATH``; in lab files the default lab's state path
 ``/run/tabby-lab/tabby/`` is replaced by the test lab's.
 
 What is not run (``NOTEST_ALLOWED``, per file): installing the machine (``bootstrap.sh``
 installs apt packages and runs the whole suite), systemd units (no systemd in the test
-machine), IP-in-IP labs (this kernel has no ``ipip``; tests/vm covers it), route-reflector
-set-ups (covered by the BGP lab suite).
+machine), IP-in-IP labs (this kernel has no ``ipip``; tests/vm covers it).
 """
 
 from __future__ import annotations
@@ -49,16 +52,15 @@ from tests.support.felix import FelixBed
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 DOCS = [*sorted((REPO / "docs" / "guide").glob("*.md")), REPO / "README.md"]
-ENVS = ("shell", "lab", "lab-up", "host")
+ENVS = ("shell", "lab", "lab-up", "host", "reflector")
 
 # File name -> how many blocks may be marked notest there, and the total cap.
 NOTEST_ALLOWED = {
     "README.md": 3,  # bootstrap.sh lab / test (install the machine); tabbyctl against any etcd
     "bare-metal.md": 2,  # installing and starting the systemd units
-    "route-reflectors.md": 4,  # reflector set-ups: covered by the BGP lab suite
     "ipip-mtu.md": 2,  # IP-in-IP needs a kernel with ipip (tests/vm)
 }
-NOTEST_MAX = 11
+NOTEST_MAX = 7
 COMMAND_TIMEOUT = 180.0
 
 _HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1\s*$")
@@ -82,6 +84,7 @@ class Block:
     commands: tuple[Command, ...]
     exit: int = 0
     contains: str | None = None
+    match: str | None = None
     retry: float = 0.0
     where: str = "host"
     notest: str | None = None
@@ -184,8 +187,13 @@ def parse_doc(path: Path) -> Doc:
             else:
                 for item in shlex.split(text):
                     key, _, value = item.partition("=")
-                    if key not in ("exit", "contains", "retry", "in"):
+                    if key not in ("exit", "contains", "match", "retry", "in"):
                         raise DocFormatError(f"{rel}:{start}: unknown doctest option {key!r}")
+                    if key == "match":
+                        try:
+                            re.compile(value)
+                        except re.error as exc:
+                            raise DocFormatError(f"{rel}:{start}: match: {exc}") from None
                     opts[key] = value
         pending = []
         doc.blocks.append(
@@ -195,6 +203,7 @@ def parse_doc(path: Path) -> Doc:
                 commands,
                 exit=int(opts.get("exit", "0")),
                 contains=opts.get("contains"),
+                match=opts.get("match"),
                 retry=float(opts.get("retry", "0")),
                 where=opts.get("in", "host"),
                 notest=notest,
@@ -212,7 +221,7 @@ def test_parser_reads_heredocs_continuations_and_annotations(tmp_path: Path) -> 
     path = REPO / "docs" / "guide" / "_parser_probe.md"
     text = (
         "<!-- doctest-env: shell -->\n"
-        '<!-- doctest: exit=1 contains="x y" retry=5 -->\n'
+        '<!-- doctest: exit=1 contains="x y" match="^a\\n[0-9]" retry=5 -->\n'
         "```console\n$ cat <<'EOF'\n$ not a command\nEOF\nout\n$ echo a \\\n  b\nab\n```\n"
         "<!-- notest: because -->\n```console\n$ rm -rf /nothing\n```\n"
         "```yaml\n$ not run\n```\n"
@@ -229,6 +238,7 @@ def test_parser_reads_heredocs_continuations_and_annotations(tmp_path: Path) -> 
         "echo a \\\n  b",
     ]
     assert (first.exit, first.contains, first.retry, first.notest) == (1, "x y", 5.0, None)
+    assert first.match == "^a\\n[0-9]" and re.search(first.match, "a\n1")
     assert second.notest == "because"
 
 
@@ -244,6 +254,7 @@ def test_docs_follow_the_convention_and_notest_stays_small() -> None:
     assert total <= NOTEST_MAX
     assert sum(len(d.runnable) for d in docs) >= 20, "the docs lost their commands?"
     for doc in docs:
+        assert doc.env != "reflector", f"{doc.path.name}: env reflector is deploy/ only"
         for b in doc.runnable:
             assert b.where in ("host", "outside"), b.where_text
             assert b.where == "host" or doc.env == "host", f"{b.where_text}: in= needs env host"
@@ -256,6 +267,7 @@ def test_docs_follow_the_convention_and_notest_stays_small() -> None:
 class Runner:
     env: dict[str, str]
     netns: dict[str, str] = field(default_factory=dict)  # where -> namespace
+    cwd: Path = REPO
     log: list[str] = field(default_factory=list)
 
     def run(self, cmd: Command, where: str) -> subprocess.CompletedProcess[str]:
@@ -271,7 +283,7 @@ class Runner:
             argv,
             capture_output=True,
             text=True,
-            cwd=REPO,
+            cwd=self.cwd,
             env=self.env,
             timeout=COMMAND_TIMEOUT,
             stdin=subprocess.DEVNULL,
@@ -303,6 +315,8 @@ class Runner:
             return _explain(last, res, f"exit {block.exit}")
         if block.contains is not None and block.contains not in res.stdout + res.stderr:
             return _explain(last, res, f"output containing {block.contains!r}")
+        if block.match is not None and not re.search(block.match, res.stdout, re.DOTALL):
+            return _explain(last, res, f"stdout matching {block.match!r}")
         return None
 
     def trail(self) -> str:
