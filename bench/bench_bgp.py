@@ -1052,15 +1052,16 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
     agent_mod.BgpAgent._on_event = on_event  # type: ignore[method-assign]
     orig_reconcile = agent_mod.BgpAgent._reconcile_kernel
 
-    def reconcile(self: agent_mod.BgpAgent) -> None:
+    def reconcile(self: agent_mod.BgpAgent) -> bool:
         t = clock()
         ops0 = st["ops"]
-        orig_reconcile(self)
+        changed = orig_reconcile(self)
         st["reconcile_s"] += clock() - t
         st["reconciles"] += 1
         if st["ops"] != ops0:
             st["t_reconcile_end"] = time.monotonic()
         save()
+        return changed
 
     agent_mod.BgpAgent._reconcile_kernel = reconcile  # type: ignore[method-assign]
     orig_apply = routes_mod.IpRouteBackend.apply

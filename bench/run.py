@@ -22,6 +22,7 @@ BENCHMARKS = (
     ("cni", True),
     ("felix", True),
     ("bgp", True),
+    ("rr", True),
 )
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from bgp.model import IPAddress, Origin, Path
@@ -75,6 +75,26 @@ class ReflectContext:
     cluster_id: IPv4Address | None
     peers: Mapping[IPv4Address, PeerRole]
     own: frozenset[IPv4Network] = frozenset()
+    # Derived once from ``peers`` (``plan_prefix`` runs per prefix, and on a reflector with N
+    # clients per prefix *and* per session coming up): the iBGP neighbours, the iBGP clients
+    # (both as dicts, so ``dict.fromkeys`` copies them with their stored hashes, not one
+    # ``IPv4Address.__hash__`` per neighbour), and iBGP neighbours by router id. A context is
+    # a snapshot: ``peers`` must not be changed after it was built (the agent builds a new one).
+    _ibgp: dict[IPv4Address, None] = field(init=False, repr=False, compare=False)
+    _clients: dict[IPv4Address, None] = field(init=False, repr=False, compare=False)
+    _by_router_id: dict[IPv4Address, tuple[IPv4Address, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        ibgp = {a: r for a, r in self.peers.items() if r.ibgp}
+        by_rid: dict[IPv4Address, list[IPv4Address]] = {}
+        for a, r in ibgp.items():
+            if r.router_id is not None:
+                by_rid.setdefault(r.router_id, []).append(a)
+        object.__setattr__(self, "_ibgp", dict.fromkeys(ibgp))
+        object.__setattr__(self, "_clients", {a: None for a, r in ibgp.items() if r.client})
+        object.__setattr__(self, "_by_router_id", {k: tuple(v) for k, v in by_rid.items()})
 
     def key(self) -> tuple[object, ...]:
         """A hashable summary: the agent recomputes every prefix when it changes."""
@@ -156,21 +176,20 @@ def plan_prefix(
     if best is None or ctx.cluster_id is None or prefix in ctx.own:
         return {}
     source = best.peer
-    src = ctx.peers.get(source) if isinstance(source, IPv4Address) else None
+    if not isinstance(source, IPv4Address):
+        return {}
+    src = ctx.peers.get(source)
     if src is None or not src.ibgp or best.ebgp:
         return {}
     route = reflected_route(prefix, best, ctx.cluster_id)
     if route is None:
         return {}
-    out: dict[IPv4Address, ReflectedRoute] = {}
-    for addr, role in ctx.peers.items():
-        if addr == source or not role.ibgp:
-            continue
-        if not src.client and not role.client:
-            continue
-        if role.router_id is not None and role.router_id == route.originator_id:
-            continue
-        out[addr] = route
+    # every iBGP neighbour (source a client) or the clients only (source a non-client), minus
+    # the source and the originator; in ``ctx.peers`` order
+    out = dict.fromkeys(ctx._ibgp if src.client else ctx._clients, route)
+    out.pop(source, None)
+    for addr in ctx._by_router_id.get(route.originator_id, ()):
+        out.pop(addr, None)
     return out
 
 
