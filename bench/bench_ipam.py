@@ -139,7 +139,9 @@ def verify(endpoint: str, result: dict[str, object], expected: int) -> None:
 
 
 def row(name: str, workers: str, result: dict[str, object], wall: float) -> dict[str, object]:
-    lat = sorted(result["lat"])  # type: ignore[type-var]
+    raw = result["lat"]
+    assert isinstance(raw, list)
+    lat: list[float] = sorted(float(x) for x in raw)
     n = len(lat)
     return {
         "name": name,
