@@ -22,7 +22,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -363,8 +363,3 @@ class FelixAgent:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def describe_state(calc: Calculator) -> Mapping[str, Sequence[str]]:
-    st = calc.state()
-    return {"endpoints": sorted(st.endpoints), "policies": sorted(st.policies)}

@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
 from felix.calc import Calculator, Dirty, EndpointPlan
-from felix.ipsetdefs import ipset_name
 from felix.render import (
     IpSetRender,
     RenderConfig,
@@ -269,10 +268,8 @@ class Dataplane:
                 self.sysctls.set("net/ipv6/conf/all/forwarding", "1")
             self._globals_set = True
         self._update_routes(calc, list(state.endpoints) if full else dirty.endpoints)
-        if full:
-            # Endpoints that vanished while we were down: their routes are swept by the route
-            # table's read-back (it owns proto 80); nothing else to do here.
-            pass
+        # Endpoints that vanished while we were down need nothing here: the route table's
+        # read-back (it owns proto 80) sweeps their routes.
         self._workload_sysctls(state.endpoints.values())
         self._update_ipsets(calc, dirty.sets, full)
         if full or dirty.pools or dirty.hosts:
@@ -402,8 +399,4 @@ def _ipset(r: IpSetRender) -> IPSet:
     return IPSet.trusted(r.name, r.set_type, r.family, r.members)  # type: ignore[arg-type]
 
 
-def parse_ip(text: str) -> IPv4Address | IPv6Address:
-    return ip_address(text)
-
-
-__all__ = ["ApplyStats", "Dataplane", "ipset_name"]
+__all__ = ["ApplyStats", "Dataplane"]
