@@ -84,6 +84,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from bench.common import nsrun, run, wait_for
 from bgp import agent as agent_mod
 from bgp import exabgp_api as api
 from bgp import main as bgp_main
@@ -114,34 +115,6 @@ HEALTH_PORT = 9098
 
 
 # ------------------------------------------------------------------------------ small helpers
-def run(argv: Sequence[str], *, input_text: str | None = None, check: bool = True) -> str:
-    res = subprocess.run(
-        list(argv),
-        input=input_text,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-        stdin=None if input_text is not None else subprocess.DEVNULL,
-    )
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:8])} failed ({res.returncode}): {res.stderr[:500]}")
-    return res.stdout
-
-
-def nsrun(ns: str, argv: Sequence[str], **kw: Any) -> str:
-    return run(["ip", "netns", "exec", ns, *argv], **kw)
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
-
-
 def med(xs: Sequence[float]) -> float | None:
     return statistics.median(xs) if xs else None
 

@@ -67,6 +67,7 @@ from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any
 
+from bench.common import nsrun, run
 from datastore.codec import encode, resource_from_dict
 from datastore.etcd import EtcdConfig, EtcdKVStore
 from datastore.keys import resource_key
@@ -100,39 +101,11 @@ APPLY_RE = re.compile(
 
 
 # ------------------------------------------------------------------------------ small helpers
-def run(argv: Sequence[str], *, input_text: str | None = None, check: bool = True) -> str:
-    res = subprocess.run(
-        list(argv),
-        input=input_text,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        stdin=None if input_text is not None else subprocess.DEVNULL,
-    )
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:6])} failed ({res.returncode}): {res.stderr[:500]}")
-    return res.stdout
-
-
-def nsrun(ns: str, argv: Sequence[str], **kw: Any) -> str:
-    return run(["ip", "netns", "exec", ns, *argv], **kw)
-
-
 def pct(samples: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100)."""
     s = sorted(samples)
     k = max(0, min(len(s) - 1, round(q / 100 * len(s) + 0.5) - 1))
     return s[k]
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
 
 
 class Namespaces:

@@ -84,7 +84,8 @@ from exabgp.reactor.api.command.limit import (  # type: ignore[import-untyped]
     match_neighbors,
 )
 
-from bench.bench_bgp import Namespaces, cpu_seconds, descendants, memory_kib, nsrun, run
+from bench.bench_bgp import Namespaces, cpu_seconds, descendants, memory_kib
+from bench.common import nsrun, run
 from bgp.model import Path as RibPath
 from bgp.reflect import PeerRole, ReflectContext, plan_prefix
 from datastore.codec import encode, resource_from_dict
