@@ -28,7 +28,7 @@ that is not being measured waits in the listen backlog and costs nothing.
   Node ``bench`` (198.51.100.1/24), BGPPeer ``feeder`` (198.51.100.10, AS 64512, holdTime 9s).
   The agent is started through ``python -m bench.bench_bgp agent-probe STATS -- ARGS``: the same
   ``bgp.main`` entry point with thin timing wrappers (monotonic stamps of the first/last UPDATE
-  event reaching the agent, and cumulative time in parse / RIB / reconcile / ``ip -batch``),
+  event reaching the agent, and cumulative time in parse / RIB / reconcile / kernel writes),
   written to a JSON file. The wrappers cost a few microseconds per event (13 UPDATE events per run).
 - B runs ``bird -f`` (2.0.12): ``device``, ``direct`` (resolves the iBGP next hop), ``kernel``
   (export BGP routes into B's main table, proto ``bird`` = 12), ``bgp`` (hold 9, keepalive 3).
@@ -92,6 +92,7 @@ from datastore.codec import encode, resource_from_dict
 from datastore.etcd import EtcdConfig, EtcdKVStore
 from datastore.keys import resource_key
 from kernel import routes as routes_mod
+from kernel import rtnl_routes
 from kernel.links import add_address, create_veth, set_link_up
 from kernel.nl import run_in_netns
 from lab.etcd import EtcdServer
@@ -1037,10 +1038,10 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
         return changed
 
     agent_mod.BgpAgent._reconcile_kernel = reconcile  # type: ignore[method-assign]
-    orig_apply = routes_mod.IpRouteBackend.apply
+    orig_apply = rtnl_routes.NetlinkRouteBackend.apply
 
     def apply(
-        self: routes_mod.IpRouteBackend, ops: Sequence[routes_mod.RouteOp]
+        self: rtnl_routes.NetlinkRouteBackend, ops: Sequence[routes_mod.RouteOp]
     ) -> list[routes_mod.OpResult]:
         t = clock()
         try:
@@ -1050,7 +1051,7 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
             st["ip_calls"] += 1
             st["ops"] += len(ops)
 
-    routes_mod.IpRouteBackend.apply = apply  # type: ignore[method-assign]
+    rtnl_routes.NetlinkRouteBackend.apply = apply  # type: ignore[method-assign]
     save()
     bgp_main.main.main(args=argv, prog_name="tabby-bgp")
 
@@ -1157,7 +1158,11 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
                 "reconcile_s",
                 "reconciles",
             )
-            prow("  of which `ip -force -batch` (IpRouteBackend.apply), calls", "ip_s", "ip_calls")
+            prow(
+                "  of which kernel writes (rtnetlink batches, NetlinkRouteBackend.apply), calls",
+                "ip_s",
+                "ip_calls",
+            )
             lines += [
                 "",
                 f"CPU during install by process (median): agent (incl. its `ip` children) "

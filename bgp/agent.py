@@ -41,7 +41,12 @@ from bgp import exabgp_api as api
 from bgp import reflect
 from bgp.exabgp_config import render_config
 from bgp.exabgp_proc import ExabgpProcess
-from bgp.kernel_routes import announcements, blackhole_routes, desired_routes, route_for
+from bgp.kernel_routes import (
+    RouteCalculator,
+    announcements,
+    blackhole_routes,
+    desired_routes,
+)
 from bgp.metrics import BgpMetrics, bgp_snapshot
 from bgp.model import (
     BGPConfig,
@@ -363,11 +368,17 @@ class BgpAgent:
             peer = ev.session.peer
             st = self.peers.get(peer)  # type: ignore[arg-type]
             rid = st.router_id if st is not None else None
-            for prefix, path in ev.paths(rid):
+            rejected: dict[int, bool] = {}  # per Path object (prefixes share them)
+
+            def accepted(path: RibPath) -> RibPath | None:
                 # RFC 4456 loop prevention: a rejected route is treated as withdrawn
-                self.rib.update(peer, prefix, None if self._loop_rejects(st, path) else path)
-            for prefix in ev.withdrawn:
-                self.rib.update(peer, prefix, None)
+                bad = rejected.get(id(path))
+                if bad is None:
+                    bad = rejected[id(path)] = self._loop_rejects(st, path)
+                return None if bad else path
+
+            self.rib.update_many(peer, ((p, accepted(path)) for p, path in ev.paths(rid)))
+            self.rib.update_many(peer, ((p, None) for p in ev.withdrawn))
             if st is not None:
                 st.received = self.rib.count(peer)
             self._work.set()
@@ -586,6 +597,8 @@ class BgpAgent:
         changed = self.rib.changes("reflect")
         if ctx is None or self._writer is None:
             return
+        if ctx.cluster_id is None and not self.adj_out.neighbors():
+            return  # not a reflector, and nothing reflected earlier to take back
         established = sorted(a for a, st in self.peers.items() if st.state == "established")
         key = (ctx.key(), tuple(established))
         prefixes: set[Any] = set(changed)
@@ -670,13 +683,12 @@ class BgpAgent:
             return True
         if not changed:
             return False
+        calc = RouteCalculator(my_address=me, pools=pools, node_addresses=node_addrs)
         for prefix in changed:
             paths = self.rib.best(prefix)
             route = None
             if paths and isinstance(prefix, IPv4Network) and prefix not in self.my_blocks:
-                route = route_for(
-                    prefix, paths, my_address=me, pools=pools, node_addresses=node_addrs
-                )
+                route = calc.route(prefix, paths)
             if route is None:
                 if self._learned.pop(prefix, None) is not None:
                     self.routes.remove_route(prefix)

@@ -53,10 +53,10 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Literal
 
-from bgp.model import AsSegment, IPAddress, IPNetwork, Origin, Path
+from bgp.model import AsSegment, IPAddress, IPNetwork, Origin, Path, parse_prefix
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,16 @@ class UpdateEvent:
     withdrawn: tuple[IPv4Network, ...]
 
     def paths(self, router_id: IPv4Address | None) -> Iterable[tuple[IPv4Network, Path]]:
-        """The announced routes as RIB paths (``router_id``: the peer's, from its OPEN)."""
+        """The announced routes as RIB paths (``router_id``: the peer's, from its OPEN).
+
+        Prefixes with the same next hop share one ``Path`` value (a path does not name its
+        prefix), so an UPDATE of 800 prefixes builds one or a few."""
         a = self.attributes
+        by_hop: dict[IPAddress, Path] = {}
         for ann in self.announced:
-            yield (
-                ann.prefix,
-                Path(
+            path = by_hop.get(ann.next_hop)
+            if path is None:
+                path = by_hop[ann.next_hop] = Path(
                     next_hop=ann.next_hop,
                     peer=self.session.peer,
                     origin=a.origin,
@@ -168,8 +172,8 @@ class UpdateEvent:
                     cluster_list=a.cluster_list,
                     ebgp=self.session.ebgp,
                     router_id=router_id,
-                ),
-            )
+                )
+            yield ann.prefix, path
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,14 +262,11 @@ def _v4(value: object, where: str) -> IPv4Address:
 
 
 def _prefix(value: object, where: str) -> IPv4Network:
-    nlri = _obj(value, where).get("nlri")
+    nlri = value.get("nlri") if type(value) is dict else _obj(value, where).get("nlri")
     try:
-        net = ip_network(_str(nlri, f"{where}.nlri"))
+        return parse_prefix(nlri) if type(nlri) is str else parse_prefix(_str(nlri, where))
     except ValueError:
-        raise ExabgpApiError(f"{where}.nlri: invalid prefix {nlri!r}") from None
-    if not isinstance(net, IPv4Network):
-        raise ExabgpApiError(f"{where}.nlri: expected IPv4, got {nlri!r}")
-    return net
+        raise ExabgpApiError(f"{where}.nlri: invalid prefix {nlri!r} (expected IPv4)") from None
 
 
 def _session(n: Mapping[str, object]) -> Session:

@@ -41,6 +41,7 @@ from kernel.routes import NextHop, Route
 
 __all__ = [
     "TUNNEL_DEVICE",
+    "RouteCalculator",
     "announcements",
     "blackhole_routes",
     "containing_pool",
@@ -142,6 +143,26 @@ def _route_for(prefix: IPv4Network, paths: Sequence[Path], ctx: _Context) -> Rou
         h = hops[0]
         return Route(dst=prefix, gateway=h.gateway, ifname=h.ifname, onlink=h.onlink)
     return Route(dst=prefix, nexthops=tuple(hops))
+
+
+class RouteCalculator:
+    """``route_for`` for many prefixes with the same inputs (the pool index and next-hop cache
+    are built once: the agent makes one per reconcile)."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(
+        self,
+        *,
+        my_address: IPv4Interface,
+        pools: Sequence[PoolInfo],
+        node_addresses: Collection[IPAddress],
+        tunnel: str = TUNNEL_DEVICE,
+    ) -> None:
+        self._ctx = _Context(my_address, pools, node_addresses, tunnel)
+
+    def route(self, prefix: IPv4Network, paths: Sequence[Path]) -> Route | None:
+        return _route_for(prefix, paths, self._ctx)
 
 
 def route_for(

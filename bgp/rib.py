@@ -156,6 +156,43 @@ class Rib:
         self._by_prefix.setdefault(prefix, {})[peer] = path
         self._mark(prefix)
 
+    def update_many(self, peer: IPAddress, items: Iterable[tuple[IPNetwork, Path | None]]) -> None:
+        """``update(peer, prefix, path)`` for each item, with the per-peer lookups done once
+        (an UPDATE carries hundreds of prefixes)."""
+        stale = self._stale.get(peer)
+        adj = self._adj.get(peer)
+        by_prefix = self._by_prefix
+        dirty = self._dirty
+        watchers = list(self._watchers.values())
+        for prefix, path in items:
+            if stale is not None and prefix in stale:
+                self.update(peer, prefix, path)  # rare: the general case handles the marks
+                stale = self._stale.get(peer)
+                adj = self._adj.get(peer)
+                continue
+            old = adj.get(prefix) if adj is not None else None
+            if path is None:
+                if old is None:
+                    continue
+                self.update(peer, prefix, None)
+                adj = self._adj.get(peer)
+                continue
+            if path.peer != peer:
+                raise ValueError(f"path from {path.peer} recorded for peer {peer}")
+            if old is path or old == path:
+                continue
+            if adj is None:
+                adj = self._adj[peer] = {}
+            adj[prefix] = path
+            cands = by_prefix.get(prefix)
+            if cands is None:
+                by_prefix[prefix] = {peer: path}
+            else:
+                cands[peer] = path
+            dirty.add(prefix)
+            for w in watchers:
+                w.add(prefix)
+
     def peer_down(
         self,
         peer: IPAddress,

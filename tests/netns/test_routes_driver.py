@@ -7,7 +7,17 @@ from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 import pytest
 
-from kernel.routes import IpRouteBackend, NextHop, OpStatus, Route, RouteTable
+from kernel.routes import (
+    IpRouteBackend,
+    NextHop,
+    OpKind,
+    OpStatus,
+    Route,
+    RouteBackend,
+    RouteOp,
+    RouteTable,
+)
+from kernel.rtnl_routes import CHUNK, NetlinkRouteBackend
 from tests.support.netns import NetnsFactory, ns_exec
 
 pytestmark = pytest.mark.netns
@@ -17,6 +27,17 @@ def net(s: str) -> IPv4Network:
     n = ip_network(s)
     assert isinstance(n, IPv4Network)
     return n
+
+
+@pytest.fixture(params=["netlink", "iproute2"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every table test runs on both write paths: rtnetlink batches (default) and ``ip -batch``."""
+    return str(request.param)
+
+
+def table(ns: str, protocol: int, version: int, kind: str) -> RouteTable:
+    b: RouteBackend = NetlinkRouteBackend(ns) if kind == "netlink" else IpRouteBackend(ns)
+    return RouteTable(ns, protocol, version, backend=b)
 
 
 def node(netns: NetnsFactory) -> str:
@@ -34,11 +55,13 @@ def routes(ns: str, *args: str) -> dict[str, dict[str, object]]:
     return {str(r["dst"]): r for r in out}
 
 
-def test_routes_land_with_proto_scope_dev_and_foreign_untouched(netns: NetnsFactory) -> None:
+def test_routes_land_with_proto_scope_dev_and_foreign_untouched(
+    netns: NetnsFactory, backend: str
+) -> None:
     ns = node(netns)
     ns_exec(ns, ["ip", "route", "add", "10.99.0.0/24", "via", "198.51.100.2", "proto", "static"])
     ns_exec(ns, ["ip", "route", "add", "10.65.9.0/26", "dev", "tbw1", "proto", "80"])  # stale
-    rt = RouteTable(ns, 80, 4)
+    rt = table(ns, 80, 4, backend)
     rt.set_routes_for_interface("tbw1", [Route(net("10.65.0.1/32"), ifname="tbw1")])
     rt.set_routes(
         [
@@ -73,9 +96,9 @@ def test_routes_land_with_proto_scope_dev_and_foreign_untouched(netns: NetnsFact
     assert again.resynced and again.writes == 0
 
 
-def test_missing_interface_pending_then_applied(netns: NetnsFactory) -> None:
+def test_missing_interface_pending_then_applied(netns: NetnsFactory, backend: str) -> None:
     ns = node(netns)
-    rt = RouteTable(ns, 80, 4)
+    rt = table(ns, 80, 4, backend)
     rt.set_routes_for_interface("tbw1", [Route(net("10.65.0.1/32"), ifname="tbw1")])
     rt.set_routes_for_interface("tbw2", [Route(net("10.65.0.2/32"), ifname="tbw2")])
     res = rt.apply()
@@ -90,10 +113,10 @@ def test_missing_interface_pending_then_applied(netns: NetnsFactory) -> None:
     assert routes(ns, "proto", "80")["10.65.0.2"]["dev"] == "tbw2"
 
 
-def test_bgp_and_felix_tables_do_not_touch_each_other(netns: NetnsFactory) -> None:
+def test_bgp_and_felix_tables_do_not_touch_each_other(netns: NetnsFactory, backend: str) -> None:
     ns = node(netns)
-    felix = RouteTable(ns, 80, 4)
-    bgp = RouteTable(ns, 81, 4)
+    felix = table(ns, 80, 4, backend)
+    bgp = table(ns, 81, 4, backend)
     felix.set_route(Route(net("10.65.0.1/32"), ifname="tbw1"))
     bgp.set_route(Route(net("10.70.0.0/26"), gateway=ip_address("198.51.100.7")))
     felix.apply()
@@ -104,10 +127,10 @@ def test_bgp_and_felix_tables_do_not_touch_each_other(netns: NetnsFactory) -> No
     assert routes(ns, "proto", "81") == {}
 
 
-def test_ipv6_routes(netns: NetnsFactory) -> None:
+def test_ipv6_routes(netns: NetnsFactory, backend: str) -> None:
     ns = node(netns)
     ns_exec(ns, ["ip", "-6", "addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad"])
-    rt = RouteTable(ns, 80, 6)
+    rt = table(ns, 80, 6, backend)
     dst = IPv6Network("2001:db8:65::1/128")
     hole = IPv6Network("2001:db8:66::/64")
     rt.set_routes([Route(dst, ifname="tbw1"), Route(hole, type="blackhole")])
@@ -129,3 +152,74 @@ def test_backend_dump_sees_protocols(netns: NetnsFactory) -> None:
     dumped = {str(k.route.dst): k.protocol for k in IpRouteBackend(ns).dump(4, 254)}
     assert dumped["10.99.0.0/24"] == 4
     assert dumped["198.51.100.0/24"] == 2  # kernel
+
+
+def test_default_backend_is_netlink(netns: NetnsFactory) -> None:
+    ns = node(netns)
+    assert isinstance(RouteTable(ns, 80, 4).backend, NetlinkRouteBackend)
+
+
+def op(kind: OpKind, route: Route, protocol: int = 81) -> RouteOp:
+    return RouteOp(kind, route, protocol, 254)
+
+
+def test_netlink_failures_map_to_their_op_across_chunks(netns: NetnsFactory) -> None:
+    """Several chunks; failures in the middle and at a chunk's last (acknowledged) position
+    are reported for exactly those ops, with the kernel's text, and the others land."""
+    ns = node(netns)
+    ns_exec(ns, ["ip", "route", "add", "10.99.0.0/24", "via", "198.51.100.2", "proto", "static"])
+    gw = ip_address("198.51.100.9")
+    ops = [
+        op(OpKind.REPLACE, Route(net(f"10.70.{i // 4}.{(i % 4) * 64}/26"), gateway=gw))
+        for i in range(3 * CHUNK)
+    ]
+    bad_gw = {5, CHUNK - 1, CHUNK + 7}  # unreachable gateway: the kernel refuses
+    for i in bad_gw:
+        ops[i] = op(OpKind.REPLACE, Route(ops[i].route.dst, gateway=ip_address("203.0.113.1")))
+    ops[2 * CHUNK - 1] = op(OpKind.ADD, Route(net("10.99.0.0/24"), ifname="tbw1"))  # taken
+    ops[2 * CHUNK] = op(OpKind.REPLACE, Route(net("10.71.0.0/26"), ifname="nosuch0"))
+    ops[2 * CHUNK + 1] = op(OpKind.DELETE, Route(net("10.72.0.0/26"), gateway=gw))  # absent
+    res = NetlinkRouteBackend(ns).apply(ops)
+    assert len(res) == len(ops)
+    failed = {i: r for i, r in enumerate(res) if r.status is not OpStatus.OK}
+    assert set(failed) == bad_gw | {2 * CHUNK - 1, 2 * CHUNK}
+    for i in bad_gw:
+        assert failed[i].status is OpStatus.ERROR and "gateway" in failed[i].message, failed[i]
+    assert failed[2 * CHUNK - 1].status is OpStatus.EXISTS
+    assert failed[2 * CHUNK] == failed[2 * CHUNK].__class__(
+        OpStatus.NO_INTERFACE, 'Cannot find device "nosuch0"'
+    )
+    got = routes(ns, "proto", "81")
+    want = {
+        str(o.route.dst) for i, o in enumerate(ops) if o.kind is OpKind.REPLACE and i not in failed
+    }
+    assert set(got) == want and len(want) == 3 * CHUNK - 6
+    # a foreign route is never deleted: DELETE carries our protocol
+    assert (
+        NetlinkRouteBackend(ns)
+        .apply([op(OpKind.DELETE, Route(net("10.99.0.0/24"), gateway=ip_address("198.51.100.2")))])[
+            0
+        ]
+        .status
+        is OpStatus.OK
+    )  # "No such process": not ours, so nothing to delete
+    assert "10.99.0.0/24" in routes(ns, "proto", "static")
+
+
+def test_netlink_device_down_is_pending_not_error(netns: NetnsFactory) -> None:
+    ns = node(netns)
+    ns_exec(ns, ["ip", "link", "set", "tbw1", "down"])
+    res = NetlinkRouteBackend(ns).apply(
+        [
+            op(
+                OpKind.REPLACE,
+                Route(
+                    net("10.70.0.0/26"),
+                    gateway=ip_address("198.51.100.9"),
+                    ifname="tbw1",
+                    onlink=True,
+                ),
+            )
+        ]
+    )
+    assert res[0].status is OpStatus.NO_INTERFACE, res
