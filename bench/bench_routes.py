@@ -10,6 +10,8 @@ Measured per repeat (median reported):
 - driver resync: ``invalidate()`` + ``apply()`` (read-back of N routes, 0 writes);
 - driver +1: one more route on top of N (felix's incremental case);
 - driver delete: ``set_routes([])`` + ``apply()``;
+- the same add and delete with the iproute2 backend (``IpRouteBackend``: one ``ip -batch``)
+  instead of the default rtnetlink batches (``kernel.rtnl_routes.NetlinkRouteBackend``);
 - anchor: the same add / dump (``ip -j route show``) / delete written as one ``ip -batch``.
 """
 
@@ -88,6 +90,16 @@ def run(ns: str, n: int, repeat: int) -> dict[str, list[float]]:
         t, _ = timed(rt.apply)
         assert count() == 0, "driver delete incomplete"
         note("driver delete", t)
+
+        alt = RouteTable(ns, 80, 4, backend=IpRouteBackend(ns))
+        alt.set_routes(routes)
+        t, _ = timed(alt.apply)
+        assert count() == n, "iproute2 driver add incomplete"
+        note("driver add, iproute2 backend", t)
+        alt.set_routes([])
+        t, _ = timed(alt.apply)
+        assert count() == 0, "iproute2 driver delete incomplete"
+        note("driver delete, iproute2 backend", t)
 
         add = "".join(f"route add {addr(i)}/32 dev tbw0 proto 80 scope link\n" for i in range(n))
         delete = "".join(f"route del {addr(i)}/32 dev tbw0 proto 80\n" for i in range(n))

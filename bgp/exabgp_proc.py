@@ -34,9 +34,10 @@ def _current_user() -> str:
         return "root" if os.getuid() == 0 else "nobody"
 
 
-def exabgp_binary() -> str:
-    candidate = Path(sys.executable).parent / "exabgp"
-    return str(candidate) if candidate.exists() else "exabgp"
+def exabgp_argv(config: Path) -> list[str]:
+    """ExaBGP with this interpreter, through ``bgp.exabgp_launch`` (it removes a per-neighbour
+    deep copy from ExaBGP's announcement path, see there)."""
+    return [sys.executable, "-m", "bgp.exabgp_launch", str(config)]
 
 
 class ExabgpProcess:
@@ -52,6 +53,7 @@ class ExabgpProcess:
         self.next_start = 0.0
         self.started_at = 0.0
         self.reload_pending = False
+        self.started_config = ""  # the configuration the running ExaBGP started with
 
     def write_config(self, text: str) -> bool:
         """Write the configuration atomically; True when it changed."""
@@ -107,7 +109,7 @@ class ExabgpProcess:
         }
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [exabgp_binary(), str(self.config_path)],
+                exabgp_argv(self.config_path),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -118,6 +120,7 @@ class ExabgpProcess:
         self.pid_path.write_text(str(self.proc.pid))
         self.started_at = time.monotonic()
         self.reload_pending = False  # a fresh ExaBGP reads the current file
+        self.started_config = self.config_text
         log.info("exabgp.start pid=%d config=%s", self.proc.pid, self.config_path)
 
     def reload(self) -> None:

@@ -34,22 +34,26 @@ purpose); commands for one neighbour keep the order in which they were produced.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
-from bgp.model import IPAddress, Origin, Path
+from bgp.model import IPAddress, IPNetwork, Origin, Path
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BROADCAST_MIN",
     "AdjRibOut",
     "Announce",
+    "AnnounceAll",
     "Command",
     "PeerRole",
     "ReflectContext",
     "ReflectedRoute",
     "Withdraw",
+    "WithdrawAll",
+    "broadcast_plan",
     "plan_prefix",
     "reflected_route",
     "rejects",
@@ -127,7 +131,23 @@ class Withdraw:
     prefix: IPv4Network
 
 
-Command = Announce | Withdraw
+@dataclass(frozen=True, slots=True)
+class AnnounceAll:
+    """One un-targeted announcement: ExaBGP puts it in every neighbour's Adj-RIB-Out."""
+
+    route: ReflectedRoute
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawAll:
+    prefix: IPv4Network
+
+
+Command = Announce | Withdraw | AnnounceAll | WithdrawAll
+
+# Below this many neighbours to change, per-neighbour commands are sent instead of one
+# un-targeted command (which ExaBGP applies to every neighbour).
+BROADCAST_MIN = 3
 
 
 def rejects(path: Path, *, router_id: IPv4Address, cluster_id: IPv4Address | None) -> str:
@@ -193,6 +213,39 @@ def plan_prefix(
     return out
 
 
+def broadcast_plan(
+    wanted: Mapping[IPv4Address, ReflectedRoute], ctx: ReflectContext
+) -> dict[IPv4Address, ReflectedRoute] | None:
+    """``wanted`` completed for one un-targeted command, or None when one cannot be used.
+
+    An un-targeted command reaches every neighbour ExaBGP has, and ``ctx.peers`` is a superset
+    of those. It is usable when every configured neighbour either should get the route
+    (``wanted``), or is the router that originated it (its router id is the route's
+    ORIGINATOR_ID): that one discards it on receipt (RFC 4456 section 8), so sending it there
+    is harmless; the result then maps those neighbours to the route too. Any other neighbour
+    left out (an eBGP peer, a non-client for a non-client's route, an originator whose router
+    id is not known yet) rules it out. An empty ``wanted`` gives ``{}``: one un-targeted
+    withdrawal is always right.
+    """
+    if not wanted:
+        return {}
+    if len(wanted) == len(ctx.peers):
+        return dict(wanted)
+    route = next(iter(wanted.values()))
+    out: dict[IPv4Address, ReflectedRoute] = {}
+    for addr, role in ctx.peers.items():
+        have = wanted.get(addr)
+        if have is not None:
+            if have != route:
+                return None
+            out[addr] = have
+        elif role.router_id is not None and role.router_id == route.originator_id:
+            out[addr] = route
+        else:
+            return None
+    return out
+
+
 class AdjRibOut:
     """What was sent to each neighbour, and the commands that bring it to what it should have.
 
@@ -210,8 +263,13 @@ class AdjRibOut:
         """A copy of what ``neighbor`` was sent."""
         return dict(self._sent.get(neighbor, {}))
 
-    def count(self, neighbor: IPAddress) -> int:
-        return len(self._sent.get(neighbor, {})) if isinstance(neighbor, IPv4Address) else 0
+    def count(self, neighbor: IPAddress, originator: IPv4Address | None = None) -> int:
+        """Routes sent to ``neighbor``; with ``originator`` (its router id), not counting the
+        copies of its own routes that an un-targeted command gave it (it ignores them)."""
+        sent = self._sent.get(neighbor, {}) if isinstance(neighbor, IPv4Address) else {}
+        if originator is None:
+            return len(sent)
+        return sum(1 for r in sent.values() if r.originator_id != originator)
 
     def prefixes(self) -> set[IPv4Network]:
         """Every prefix some neighbour was sent."""
@@ -222,35 +280,98 @@ class AdjRibOut:
         prefix: IPv4Network,
         wanted: Mapping[IPv4Address, ReflectedRoute],
         neighbors: Iterable[IPv4Address],
+        *,
+        everyone: Mapping[IPv4Address, ReflectedRoute] | None = None,
+        reached: Iterable[IPv4Address] = (),
     ) -> list[Command]:
         """Commands for ``prefix`` on ``neighbors`` (those with an established session): announce
-        where the wanted route differs from what was sent, withdraw where nothing is wanted."""
+        where the wanted route differs from what was sent, withdraw where nothing is wanted.
+
+        ``everyone`` (from ``broadcast_plan``) allows one un-targeted command instead, used when
+        at least ``BROADCAST_MIN`` neighbours need a change; it is then recorded as sent to
+        ``reached`` (the neighbours known to be in ExaBGP's running configuration, established
+        or not: ExaBGP keeps the route for them) as well as to ``neighbors``."""
+        targets = sorted(neighbors)
+        if everyone is not None:
+            covered = set(targets).union(reached)
+            differ = [n for n in covered if everyone.get(n) != self._sent.get(n, {}).get(prefix)]
+            if len(differ) >= BROADCAST_MIN:
+                route = next(iter(everyone.values()), None)
+                for n in covered:
+                    if route is None:
+                        self._drop(n, prefix)
+                    else:
+                        self._sent.setdefault(n, {})[prefix] = route
+                return [WithdrawAll(prefix) if route is None else AnnounceAll(route)]
         out: list[Command] = []
-        for n in sorted(neighbors):
+        for n in targets:
             have = self._sent.get(n, {}).get(prefix)
             want = wanted.get(n)
             if want == have:
                 continue
+            if (
+                want is None
+                and everyone is not None
+                and have is not None
+                and everyone.get(n) == have
+            ):
+                continue  # the originator holds a copy from a broadcast: it ignores it, keep it
             if want is None:
-                del self._sent[n][prefix]
-                if not self._sent[n]:
-                    del self._sent[n]
+                self._drop(n, prefix)
                 out.append(Withdraw(n, prefix))
             else:
                 self._sent.setdefault(n, {})[prefix] = want
                 out.append(Announce(n, want))
         return out
 
+    def _drop(self, neighbor: IPv4Address, prefix: IPv4Network) -> None:
+        sent = self._sent.get(neighbor)
+        if sent is not None and sent.pop(prefix, None) is not None and not sent:
+            del self._sent[neighbor]
+
+    def sync_neighbor(
+        self,
+        neighbor: IPv4Address,
+        wanted: Mapping[IPv4Network, ReflectedRoute],
+        keep: Set[IPNetwork] = frozenset(),
+    ) -> list[Command]:
+        """Only the differences between what ``neighbor`` was sent and ``wanted`` (a session
+        came back, and ExaBGP re-sends what it kept for it by itself). Prefixes in ``keep``
+        are left as they are (a later ``sync_prefix`` takes care of them)."""
+        return self._sync(neighbor, wanted, keep, everything=False)
+
     def resync(
-        self, neighbor: IPv4Address, wanted: Mapping[IPv4Network, ReflectedRoute]
+        self,
+        neighbor: IPv4Address,
+        wanted: Mapping[IPv4Network, ReflectedRoute],
+        keep: Set[IPNetwork] = frozenset(),
     ) -> list[Command]:
         """Everything ``neighbor`` should have, sent again (a session just came up), plus
-        withdrawals of what it was sent earlier and should no longer have."""
+        withdrawals of what it was sent earlier and should no longer have; ``keep`` as in
+        ``sync_neighbor``."""
+        return self._sync(neighbor, wanted, keep, everything=True)
+
+    def _sync(
+        self,
+        neighbor: IPv4Address,
+        wanted: Mapping[IPv4Network, ReflectedRoute],
+        keep: Set[IPNetwork],
+        *,
+        everything: bool,
+    ) -> list[Command]:
         old = self._sent.get(neighbor, {})
-        out: list[Command] = [Withdraw(neighbor, p) for p in sorted(old) if p not in wanted]
-        out += [Announce(neighbor, wanted[p]) for p in sorted(wanted)]
-        if wanted:
-            self._sent[neighbor] = dict(wanted)
+        out: list[Command] = [
+            Withdraw(neighbor, p) for p in sorted(old) if p not in wanted and p not in keep
+        ]
+        out += [
+            Announce(neighbor, r)
+            for p, r in sorted(wanted.items())
+            if everything or old.get(p) != r
+        ]
+        new = {p: r for p, r in old.items() if p in keep}
+        new.update(wanted)
+        if new:
+            self._sent[neighbor] = new
         else:
             self._sent.pop(neighbor, None)
         return out

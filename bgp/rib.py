@@ -41,7 +41,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Set
 from ipaddress import IPv4Address
 
 from bgp.model import IPAddress, IPNetwork, Path
@@ -265,6 +265,10 @@ class Rib:
         dirty = frozenset(dirty_set)
         dirty_set.clear()
         return dirty
+
+    def pending(self, name: str) -> Set[IPNetwork]:
+        """The changes consumer ``name`` has not taken yet (a read-only view, not drained)."""
+        return self._watchers[name]
 
     def prefixes(self) -> Iterator[IPNetwork]:
         """Every prefix with at least one candidate."""

@@ -12,10 +12,13 @@ from bgp.peers import desired_peers
 from bgp.reflect import (
     AdjRibOut,
     Announce,
+    AnnounceAll,
     PeerRole,
     ReflectContext,
     ReflectedRoute,
     Withdraw,
+    WithdrawAll,
+    broadcast_plan,
     plan_prefix,
     reflected_route,
     rejects,
@@ -255,3 +258,79 @@ def test_rib_watchers_drain_independently() -> None:
     assert rib.changes("reflect") == frozenset()
     rib.peer_down(C1)
     assert rib.changes("reflect") == {P} and rib.changes() == {P}
+
+
+# ------------------------------------------------------------------ un-targeted commands
+
+
+def ibgp_ctx() -> ReflectContext:
+    """Clients C1-C3 and a fellow reflector; no eBGP peer."""
+    peers = {a: r for a, r in ctx().peers.items() if a != EXT}
+    return ctx(peers=peers)
+
+
+def test_broadcast_plan_covers_the_originator_that_drops_it() -> None:
+    c = ibgp_ctx()
+    wanted = plan_prefix(P, path(C1), c)
+    assert set(wanted) == {C2, C3, RR2}
+    everyone = broadcast_plan(wanted, c)
+    assert everyone is not None and set(everyone) == {C1, C2, C3, RR2}
+    assert set(everyone.values()) == {wanted[C2]}
+    assert broadcast_plan({}, c) == {}
+
+
+def test_broadcast_plan_refuses_when_someone_must_not_get_it() -> None:
+    # an eBGP peer is configured: it must never see a reflected route
+    assert broadcast_plan(plan_prefix(P, path(C1), ctx()), ctx()) is None
+    # a non-client passes on a route of one of its own clients: it goes to our clients only,
+    # and the reflector it came from (not its originator) must not get it back
+    c = ibgp_ctx()
+    far = IPv4Address("198.51.100.99")
+    assert broadcast_plan(plan_prefix(P, path(RR2, originator_id=far), c), c) is None
+    # ... while the reflector's own route may go to everyone: it drops its own
+    assert broadcast_plan(plan_prefix(P, path(RR2), c), c) is not None
+    # the originator's router id is not known yet: it could not be trusted to drop it
+    roles = dict(c.peers)
+    roles[C1] = PeerRole(ibgp=True, client=True, router_id=None)
+    c2 = ctx(peers=roles)
+    assert broadcast_plan(plan_prefix(P, path(C1, router_id=None), c2), c2) is None
+
+
+def test_sync_prefix_sends_one_untargeted_command_and_records_it_for_all() -> None:
+    c = ibgp_ctx()
+    out = AdjRibOut()
+    wanted = plan_prefix(P, path(C1), c)
+    everyone = broadcast_plan(wanted, c)
+    established = [C1, C2]  # C3 and RR2 are configured in ExaBGP but not up
+    cmds = out.sync_prefix(P, wanted, established, everyone=everyone, reached=[C1, C2, C3, RR2])
+    assert cmds == [AnnounceAll(wanted[C2])]
+    assert all(out.sent(n) == {P: wanted[C2]} for n in (C1, C2, C3, RR2))
+    # nothing changed: nothing sent; C3 coming up later needs no command either
+    assert out.sync_prefix(P, wanted, established, everyone=everyone, reached=[C1, C2, C3]) == []
+    assert out.sync_neighbor(C3, {P: wanted[C3]}) == []
+    # the client withdraws: one un-targeted withdrawal, and nobody is left with the route
+    cmds = out.sync_prefix(P, {}, established, everyone={}, reached=[C1, C2, C3, RR2])
+    assert cmds == [WithdrawAll(P)] and out.prefixes() == set()
+
+
+def test_sync_prefix_targets_few_changes_and_unknown_neighbours() -> None:
+    c = ibgp_ctx()
+    out = AdjRibOut()
+    wanted = plan_prefix(P, path(C1), c)
+    everyone = broadcast_plan(wanted, c)
+    # only one established neighbour, none known to ExaBGP beyond it: below BROADCAST_MIN
+    cmds = out.sync_prefix(P, wanted, [C2], everyone=everyone, reached=[])
+    assert cmds == [Announce(C2, wanted[C2])]
+    assert out.sent(C3) == {}  # not recorded for a neighbour that may not have it
+
+
+def test_sync_neighbor_sends_only_differences() -> None:
+    c = ibgp_ctx()
+    out = AdjRibOut()
+    q = IPv4Network("10.65.2.0/26")
+    r1 = plan_prefix(P, path(C1), c)[C3]
+    r2 = plan_prefix(q, path(C2), c)[C3]
+    out.resync(C3, {P: r1})
+    cmds = out.sync_neighbor(C3, {q: r2})
+    assert cmds == [Withdraw(C3, P), Announce(C3, r2)]
+    assert out.sent(C3) == {q: r2}
