@@ -217,37 +217,8 @@ def last_route_time(sock: Path, n: int) -> tuple[float, int]:
 
 # ------------------------------------------------------------------------------ part 1
 WHATIF = "tabby-whatif"
-# Loaded by every Python process of the what-if reflector (``sitecustomize`` on PYTHONPATH):
-# ExaBGP's ``match_neighbors`` (a regular expression per configured neighbour, per API
-# command) is replaced, for a command naming exactly one neighbour, by a prefix match on the
-# neighbour's name; anything else falls back to ExaBGP's own function.
-WHATIF_SITE = """
-import sys as _sys
-
-try:
-    import exabgp.reactor.api.command.limit as _lim
-except Exception:
-    _lim = None
-if _lim is not None:
-    _orig = _lim.match_neighbors
-
-    def _fast(peers, descriptions):
-        if len(descriptions) == 1 and len(descriptions[0]) == 1:
-            d = descriptions[0][0]
-            if d.startswith("neighbor ") and d != "neighbor *":
-                hit = [p for p in peers if p.startswith(d + " ")]
-                if hit:
-                    return hit
-        return _orig(peers, descriptions)
-
-    for _name, _mod in list(_sys.modules.items()):
-        if _name.startswith("exabgp.") and getattr(_mod, "match_neighbors", None) is _orig:
-            _mod.match_neighbors = _fast
-"""
-
-
-def whatif_dir(tmp: Path, kind: str) -> str | None:
-    return str(tmp / "whatif") if kind == WHATIF else None
+# The what-if reflector: the same tabby-bgp with ExaBGP started without bgp.exabgp_launch's
+# patch (``TABBY_EXABGP_PATCH=0``), i.e. with ExaBGP's per-neighbour deep copy of every route.
 
 
 @dataclass
@@ -404,10 +375,9 @@ def start_reflector(
         **os.environ,
         "ETCD_ENDPOINTS": "http://127.0.0.1:2379",
         "TABBY_EXPECT_NETNS": rr_ns,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (whatif_dir(bed.tmp, kind), os.environ.get("PYTHONPATH"), str(REPO)) if p
-        ),
+        "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p),
         "PYTHONUNBUFFERED": "1",
+        "TABBY_EXABGP_PATCH": "0" if kind == WHATIF else "1",
     }
     return Reflector(kind, bed.spawn(argv, run_dir / "tabby-bgp.log", env))
 
@@ -495,9 +465,6 @@ def part1(
     kinds = ["tabby"] if profile is not None else ["tabby", "bird"]
     if whatif and profile is None:
         kinds.append(WHATIF)
-        site = tmp / "whatif"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(WHATIF_SITE)
     res: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     try:
         rr_ns, cl_ns = bed.build()
@@ -853,10 +820,13 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
                 "",
                 "### Where the tabby reflector's time goes",
                 "",
-                f"The reflector sends every client route to the {n - 1} other clients: "
-                f"{cmds:,} per-neighbour ExaBGP API commands (`neighbor X announce route ... "
-                "originator-id ... cluster-list [ ... ]`), each acknowledged. Costs measured "
-                f"in this run (this process, {n} configured neighbours):",
+                "The reflector sends every client route as ONE un-targeted ExaBGP API command "
+                f"(`announce route ... originator-id ... cluster-list [ ... ]`, no `neighbor` "
+                f"selector: {n} commands in all; the originator drops its own copy), and a "
+                "session coming up costs no command (ExaBGP re-sends the Adj-RIB-Out it kept): "
+                "see docs/design/route-reflection.md. Per-neighbour commands would be "
+                f"{cmds:,}; ExaBGP's cost of choosing the neighbours of one command, measured "
+                f"in this run (this process, {n} configured neighbours), shows why:",
                 "",
                 "| operation | cost | x count = total |",
                 "|---|---:|---:|",
@@ -882,15 +852,15 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
 
             lines += [
                 "",
-                "What-if (`--what-if`, bench-only patch, not a fix): the same tabby reflector "
-                "with ExaBGP's neighbour selection replaced by an exact-address match for "
-                f"commands naming one neighbour (median of {len(w)} runs):",
+                "What-if (`--what-if`): the same tabby reflector with ExaBGP started WITHOUT "
+                "`bgp/exabgp_launch.py`'s patch (`TABBY_EXABGP_PATCH=0`: ExaBGP deep-copies "
+                f"every route once per neighbour), median of {len(w)} runs:",
                 "",
                 "| reflector | last session -> converged | start -> converged | CPU total | "
                 "agent | ExaBGP | bridge |",
                 "|---|---:|---:|---:|---:|---:|---:|",
             ]
-            for label, rows in (("tabby", t), ("tabby, ExaBGP exact-address match", w)):
+            for label, rows in (("tabby", t), ("tabby, ExaBGP unpatched", w)):
                 conv = med(col(rows, "converge"))
                 total = med(col(rows, "start_to_converged"))
                 lines.append(
@@ -962,8 +932,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--what-if",
         action="store_true",
-        help="part 1: also run the tabby reflector with ExaBGP's neighbour selection replaced "
-        "by an exact-address lookup (bench-only patch; measures what that hot spot costs)",
+        help="part 1: also run the tabby reflector with ExaBGP unpatched "
+        "(TABBY_EXABGP_PATCH=0: what bgp/exabgp_launch.py's patch saves)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--keep-tmp", action="store_true")

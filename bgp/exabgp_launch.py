@@ -3,7 +3,9 @@
 Role: the program ``bgp.exabgp_proc`` runs instead of the ``exabgp`` script. It applies the
 patch below and hands over to ExaBGP's own ``main`` (same arguments, same environment, same
 exit code). It is applied only to ExaBGP 5.0.x with the patched method present; otherwise
-ExaBGP runs unchanged and a line on stderr (ExaBGP's log) says so.
+ExaBGP runs unchanged and a line on stderr (ExaBGP's log) says so. ``TABBY_EXABGP_PATCH=0`` in
+the agent's environment (passed on to ExaBGP) runs ExaBGP unchanged on purpose, to compare or
+to rule the patch out when diagnosing.
 
 ``share_unchanged_routes``: for every API announcement, ExaBGP deep-copies the route once per
 neighbour it goes to (``Neighbor.remove_self``), in case ``next-hop self`` must be rewritten
@@ -20,6 +22,7 @@ feature) is not used by tabby.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +54,9 @@ def share_unchanged_routes() -> bool:
 
 
 def main() -> int:
-    if not share_unchanged_routes():
+    if os.environ.get("TABBY_EXABGP_PATCH", "1") == "0":
+        sys.stderr.write("tabby: ExaBGP runs unpatched (TABBY_EXABGP_PATCH=0)\n")
+    elif not share_unchanged_routes():
         sys.stderr.write("tabby: ExaBGP runs unpatched (not 5.0.x): reflection is slower\n")
     exabgp_main = importlib.import_module("exabgp.application.main").main
     sys.argv[0] = "exabgp"
