@@ -801,6 +801,10 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
             + ", ".join(f"{x * 1000:.0f}" for x in col(t, "converge"))
             + "; BIRD "
             + ", ".join(f"{x * 1000:.0f}" for x in col(b, "converge"))
+            + ". Per run reflector start -> converged (s): tabby "
+            + ", ".join(f"{x:.2f}" for x in col(t, "start_to_converged"))
+            + "; BIRD "
+            + ", ".join(f"{x:.2f}" for x in col(b, "start_to_converged"))
             + f". BGP routes read back from the client tables after convergence: tabby "
             f"{sorted({int(x['routes']) for x in t})}, "
             f"BIRD {sorted({int(x['routes']) for x in b})} "
