@@ -825,6 +825,8 @@ class BgpAgent:
             "exabgp": {
                 "running": self.exabgp.running,
                 "restarts": max(0, self.exabgp.restarts - 1),
+                "stuckReloads": self.exabgp.stuck_reloads,
+                "reloadWaiting": self.exabgp.reload_waiting is not None,
             },
             "peers": peers,
         }

@@ -2,7 +2,11 @@
 
 Role: own one ExaBGP process for the agent. The configuration is written atomically into the
 agent's state directory; a changed peer set is applied with a reload (SIGUSR1: ExaBGP keeps the
-sessions whose configuration did not change); a dead ExaBGP is restarted with backoff.
+sessions whose configuration did not change); a dead ExaBGP is restarted with backoff. ExaBGP
+performs a reload later, on its own schedule (once no neighbour has updates waiting); one not
+performed ``RELOAD_DEADLINE`` after the signal (no "performing reload" in its log since) is
+treated as stuck: ExaBGP is restarted, so that it runs the current configuration (peers keep
+our routes through graceful restart).
 Invariants: the only ExaBGP process ever signalled is the one this object started (by PID), or
 one recorded in our own PID file whose command line names our configuration file (a leftover of
 a previous agent run); ExaBGP's log goes to a file in the state directory.
@@ -24,6 +28,8 @@ from bgp.exabgp_config import render_env
 
 log = logging.getLogger(__name__)
 RELOAD_GRACE = 5.0  # seconds after a start before SIGUSR1 is safe
+RELOAD_DEADLINE = 60.0  # seconds for ExaBGP to perform a reload it was signalled for
+RELOAD_DONE = b"performing reload of exabgp"  # ExaBGP's log line when it reloads
 
 
 def _current_user() -> str:
@@ -54,6 +60,9 @@ class ExabgpProcess:
         self.started_at = 0.0
         self.reload_pending = False
         self.started_config = ""  # the configuration the running ExaBGP started with
+        # first SIGUSR1 not yet performed: (monotonic time sent, log size at that moment)
+        self.reload_waiting: tuple[float, int] | None = None
+        self.stuck_reloads = 0
 
     def write_config(self, text: str) -> bool:
         """Write the configuration atomically; True when it changed."""
@@ -120,6 +129,7 @@ class ExabgpProcess:
         self.pid_path.write_text(str(self.proc.pid))
         self.started_at = time.monotonic()
         self.reload_pending = False  # a fresh ExaBGP reads the current file
+        self.reload_waiting = None
         self.started_config = self.config_text
         log.info("exabgp.start pid=%d config=%s", self.proc.pid, self.config_path)
 
@@ -135,7 +145,42 @@ class ExabgpProcess:
         assert self.proc is not None
         log.info("exabgp.reload pid=%d", self.proc.pid)
         self.reload_pending = False
+        if self.reload_waiting is None:
+            self.reload_waiting = (time.monotonic(), self._log_size())
         self.proc.send_signal(signal.SIGUSR1)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _reload_performed(self, offset: int) -> bool:
+        """ExaBGP logged a reload after ``offset`` (its log is ours: a file in the state dir)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return RELOAD_DONE in f.read()
+        except OSError:
+            return False
+
+    def _check_reload(self, now: float) -> None:
+        if self.reload_waiting is None or not self.running:
+            return
+        sent, offset = self.reload_waiting
+        if self._reload_performed(offset):
+            self.reload_waiting = None
+            return
+        if now - sent < RELOAD_DEADLINE:
+            return
+        assert self.proc is not None
+        self.stuck_reloads += 1
+        log.warning(
+            "exabgp.reload_stuck pid=%d waited_s=%.0f action=restart", self.proc.pid, now - sent
+        )
+        self.stop()
+        self.reload_waiting = None
+        self.next_start = now
 
     def check(self, now: float) -> bool:
         """Restart a dead ExaBGP when its backoff has passed; True when (re)started now."""
@@ -152,6 +197,11 @@ class ExabgpProcess:
             self.backoff = 0.5
         if self.reload_pending and self.running and now - self.started_at >= RELOAD_GRACE:
             self.reload()
+        self._check_reload(now)
+        if self.proc is None and now >= self.next_start and self.config_path.exists():
+            self.restarts += 1  # after a stuck reload
+            self.start()
+            return True
         return False
 
     def stop(self, timeout: float = 10.0) -> None:

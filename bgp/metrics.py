@@ -149,6 +149,12 @@ class BgpStateCollector:
             "ExaBGP restarts after its first start.",
             value=int(exabgp.get("restarts", 0)),
         )
+        yield CounterMetricFamily(
+            f"{p}_exabgp_stuck_reloads",
+            "Configuration reloads ExaBGP did not perform within the deadline (ExaBGP was "
+            "restarted for each).",
+            value=int(exabgp.get("stuckReloads", 0)),
+        )
 
 
 class BgpMetrics:

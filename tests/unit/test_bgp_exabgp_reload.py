@@ -1,0 +1,73 @@
+"""bgp.exabgp_proc: a reload ExaBGP never performs is noticed, and ExaBGP is restarted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bgp.exabgp_proc import RELOAD_DEADLINE, RELOAD_DONE, RELOAD_GRACE, ExabgpProcess
+
+# A child that survives SIGUSR1 and never reloads anything: ExaBGP stuck on a deferred reload.
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGUSR1, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(120)"
+)
+
+
+@pytest.fixture
+def proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ExabgpProcess:
+    p = ExabgpProcess(tmp_path)
+    p.write_config("process x { run /bin/true; }\n")
+    starts: list[float] = []
+
+    def start() -> None:  # the real start() runs ExaBGP: here, the stubborn child
+        p.proc = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE)
+        assert p.proc.stdout is not None
+        p.proc.stdout.readline()  # its SIGUSR1 handler is in place
+        p.started_at = time.monotonic() - RELOAD_GRACE  # past the start-up grace
+        p.reload_waiting = None
+        starts.append(time.monotonic())
+
+    monkeypatch.setattr(p, "start", start)
+    p.start()
+    return p
+
+
+def _stop(p: ExabgpProcess) -> None:
+    if p.proc is not None:
+        p.proc.kill()
+        p.proc.wait()
+
+
+def test_reload_never_performed_restarts_exabgp(proc: ExabgpProcess) -> None:
+    try:
+        first = proc.proc
+        assert first is not None
+        proc.reload()
+        now = time.monotonic()
+        assert not proc.check(now + 1) and proc.proc is first  # still waiting
+        assert proc.check(now + RELOAD_DEADLINE + 1)  # stuck: restarted
+        assert proc.proc is not first and first.poll() is not None
+        assert proc.stuck_reloads == 1 and proc.reload_waiting is None
+    finally:
+        _stop(proc)
+
+
+def test_reload_seen_in_the_log_is_not_stuck(proc: ExabgpProcess) -> None:
+    try:
+        first = proc.proc
+        proc.log_path.write_bytes(b"old lines\n" + RELOAD_DONE + b" (at start)\n")
+        proc.reload()
+        now = time.monotonic()
+        assert not proc.check(now + 1)
+        with open(proc.log_path, "ab") as f:
+            f.write(b"configuration | " + RELOAD_DONE + b" 5.0.15\n")
+        assert not proc.check(now + 2) and proc.reload_waiting is None
+        assert not proc.check(now + RELOAD_DEADLINE + 1)
+        assert proc.proc is first and proc.stuck_reloads == 0
+    finally:
+        _stop(proc)
