@@ -118,6 +118,21 @@ class Route:
     metric: int | None = None
 
     def __post_init__(self) -> None:
+        if (
+            self.gateway is not None
+            and self.ifname is None
+            and not self.nexthops
+            and not self.onlink
+            and self.type == "unicast"
+        ):
+            # the common learned route, via one gateway: only the family check applies
+            if self.gateway.version != self.dst.version:
+                raise InvalidRouteError(f"route {self.dst}: gateway family mismatch")
+            if self.scope is None or self.dst.version == 6:
+                object.__setattr__(self, "scope", "universe")
+            if self.metric is None:
+                object.__setattr__(self, "metric", 0 if self.dst.version == 4 else 1024)
+            return
         v4 = self.dst.version == 4
         for i, name in enumerate([self.ifname, *(n.ifname for n in self.nexthops)]):
             if name is not None and not _IFNAME.match(name):

@@ -116,10 +116,57 @@ class UnknownInterfaceError(Exception):
         self.ifname = ifname
 
 
+# The common learned route, an IPv4 unicast via one gateway (no device, no onlink), as one
+# struct: nlmsghdr, rtmsg, RTA_TABLE, RTA_DST, RTA_PRIORITY, RTA_GATEWAY. ``encode_op`` uses it
+# (~0.6 us instead of ~1.8 us per route) and is checked equal to the general encoding.
+_V4_VIA = struct.Struct("=IHHII BBBBBBBBI HHI HH4s HHI HH4s")
+
+
 def encode_op(op: RouteOp, seq: int, ifindex: dict[str, int], ack: bool = False) -> bytes:
     """One rtnetlink request for ``op``; raises ``UnknownInterfaceError`` for a name not in
     ``ifindex``."""
     r: Route = op.route
+    if (
+        op.kind is not OpKind.DELETE
+        and r.gateway is not None
+        and r.ifname is None
+        and r.type == "unicast"
+        and r.dst.version == 4
+        and not r.onlink
+    ):
+        table = op.table
+        return _V4_VIA.pack(
+            _V4_VIA.size,
+            RTM_NEWROUTE,
+            _FLAGS[op.kind] | (NLM_F_ACK if ack else 0),
+            seq,
+            0,
+            socket.AF_INET,
+            r.dst.prefixlen,
+            0,
+            0,
+            table if table < 256 else 0,
+            op.protocol,
+            _SCOPE_NUM[str(r.scope)],
+            1,  # RTN_UNICAST
+            0,
+            8,
+            RTA_TABLE,
+            table,
+            8,
+            RTA_DST,
+            r.dst.network_address.packed,
+            8,
+            RTA_PRIORITY,
+            r.metric or 0,
+            8,
+            RTA_GATEWAY,
+            r.gateway.packed,
+        )
+    return _encode(op, r, seq, ifindex, ack)
+
+
+def _encode(op: RouteOp, r: Route, seq: int, ifindex: dict[str, int], ack: bool) -> bytes:
     family = socket.AF_INET if r.dst.version == 4 else socket.AF_INET6
     table = op.table
     attrs = [
