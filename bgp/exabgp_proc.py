@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 RELOAD_GRACE = 5.0  # seconds after a start before SIGUSR1 is safe
 RELOAD_DEADLINE = 60.0  # seconds for ExaBGP to perform a reload it was signalled for
 RELOAD_DONE = b"performing reload of exabgp"  # ExaBGP's log line when it reloads
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for an ExaBGP being replaced
 
 
 def _current_user() -> str:
@@ -63,6 +64,7 @@ class ExabgpProcess:
         # first SIGUSR1 not yet performed: (monotonic time sent, log size at that moment)
         self.reload_waiting: tuple[float, int] | None = None
         self.stuck_reloads = 0
+        self.terminating_since: float | None = None  # SIGTERM sent after a stuck reload
 
     def write_config(self, text: str) -> bool:
         """Write the configuration atomically; True when it changed."""
@@ -130,6 +132,7 @@ class ExabgpProcess:
         self.started_at = time.monotonic()
         self.reload_pending = False  # a fresh ExaBGP reads the current file
         self.reload_waiting = None
+        self.terminating_since = None
         self.started_config = self.config_text
         log.info("exabgp.start pid=%d config=%s", self.proc.pid, self.config_path)
 
@@ -178,12 +181,23 @@ class ExabgpProcess:
         log.warning(
             "exabgp.reload_stuck pid=%d waited_s=%.0f action=restart", self.proc.pid, now - sent
         )
-        self.stop()
+        # Not waited for here (the agent's loop must keep running): once it has exited,
+        # ``check`` restarts it like any ExaBGP that died; SIGKILL if SIGTERM is not enough.
+        self.proc.send_signal(signal.SIGTERM)
+        self.terminating_since = now
         self.reload_waiting = None
-        self.next_start = now
 
     def check(self, now: float) -> bool:
         """Restart a dead ExaBGP when its backoff has passed; True when (re)started now."""
+        if (
+            self.terminating_since is not None
+            and self.proc is not None
+            and self.proc.poll() is None
+            and now - self.terminating_since > STOP_GRACE
+        ):
+            log.warning("exabgp.kill pid=%d (SIGTERM not enough)", self.proc.pid)
+            self.proc.kill()
+            self.proc.wait(5)
         if self.proc is not None and self.proc.poll() is not None:
             log.warning("exabgp.exited code=%s restarts=%d", self.proc.returncode, self.restarts)
             self.proc = None
@@ -198,10 +212,6 @@ class ExabgpProcess:
         if self.reload_pending and self.running and now - self.started_at >= RELOAD_GRACE:
             self.reload()
         self._check_reload(now)
-        if self.proc is None and now >= self.next_start and self.config_path.exists():
-            self.restarts += 1  # after a stuck reload
-            self.start()
-            return True
         return False
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bgp.exabgp_proc import RELOAD_DEADLINE, RELOAD_DONE, RELOAD_GRACE, ExabgpProcess
+from bgp.exabgp_proc import (
+    RELOAD_DEADLINE,
+    RELOAD_DONE,
+    RELOAD_GRACE,
+    STOP_GRACE,
+    ExabgpProcess,
+)
 
 # A child that survives SIGUSR1 and never reloads anything: ExaBGP stuck on a deferred reload.
 STUBBORN = (
@@ -50,9 +56,13 @@ def test_reload_never_performed_restarts_exabgp(proc: ExabgpProcess) -> None:
         proc.reload()
         now = time.monotonic()
         assert not proc.check(now + 1) and proc.proc is first  # still waiting
-        assert proc.check(now + RELOAD_DEADLINE + 1)  # stuck: restarted
-        assert proc.proc is not first and first.poll() is not None
+        t = now + RELOAD_DEADLINE + 1
+        assert not proc.check(t)  # stuck: told to stop (SIGTERM), not waited for
         assert proc.stuck_reloads == 1 and proc.reload_waiting is None
+        first.wait(10)
+        assert not proc.check(t + 0.1)  # seen dead: restarted after the usual backoff
+        assert proc.check(t + 5)
+        assert proc.proc is not first and proc.proc is not None and proc.proc.poll() is None
     finally:
         _stop(proc)
 
@@ -69,5 +79,30 @@ def test_reload_seen_in_the_log_is_not_stuck(proc: ExabgpProcess) -> None:
         assert not proc.check(now + 2) and proc.reload_waiting is None
         assert not proc.check(now + RELOAD_DEADLINE + 1)
         assert proc.proc is first and proc.stuck_reloads == 0
+    finally:
+        _stop(proc)
+
+
+def test_exabgp_ignoring_sigterm_is_killed(proc: ExabgpProcess) -> None:
+    deaf = STUBBORN.replace(
+        "signal.signal(signal.SIGUSR1, signal.SIG_IGN);",
+        "signal.signal(signal.SIGUSR1, signal.SIG_IGN); "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN);",
+    )
+    assert proc.proc is not None
+    proc.proc.kill()
+    proc.proc.wait()
+    proc.proc = subprocess.Popen([sys.executable, "-c", deaf], stdout=subprocess.PIPE)
+    try:
+        assert proc.proc.stdout is not None
+        proc.proc.stdout.readline()
+        first = proc.proc
+        proc.reload()
+        t = time.monotonic() + RELOAD_DEADLINE + 1
+        proc.check(t)  # SIGTERM: ignored
+        time.sleep(0.2)
+        assert first.poll() is None
+        proc.check(t + STOP_GRACE + 1)  # SIGKILL
+        assert first.poll() is not None
     finally:
         _stop(proc)
