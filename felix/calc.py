@@ -35,6 +35,7 @@ from felix.model import (
     Pool,
     Profile,
     Tier,
+    TierAction,
 )
 from policy._selector_ast import And, Contains, EndsWith, Eq, Expr, Has, In, Or, StartsWith
 from policy.ordering import DEFAULT_TIER, sort_key
@@ -48,6 +49,7 @@ class TierPlan:
 
     name: str
     policies: tuple[str, ...]  # policy keys
+    default_action: TierAction = "Deny"  # the tier's end: "Deny" (end-of-tier drop) or "Pass"
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +403,10 @@ class Calculator:
         # The default tier exists implicitly and comes last, as in Calico.
         return None
 
+    def _tier_action(self, name: str) -> TierAction:
+        tier = self._tiers.get(name)
+        return tier.default_action if tier is not None else "Deny"
+
     def _tiers_for(
         self, pols: Iterable[Policy], direction: Direction, variant: str
     ) -> tuple[TierPlan, ...]:
@@ -428,6 +434,7 @@ class Calculator:
             TierPlan(
                 t,
                 tuple(p.key for p in sorted(by_tier[t], key=lambda p: sort_key(p.order, p.name))),
+                self._tier_action(t),
             )
             for t in tiers
         )

@@ -269,6 +269,7 @@ class TierLine:
     name: str
     order: float | None
     policies: tuple[PolicyLine, ...]
+    default_action: str = "Deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +352,9 @@ def explain_endpoint(
                         _rule_lines(rules, table, chain, counters),
                     )
                 )
-            tiers.append(TierLine(tp.name, _tier_order(calc, tp.name), tuple(lines)))
+            tiers.append(
+                TierLine(tp.name, _tier_order(calc, tp.name), tuple(lines), tp.default_action)
+            )
         profiles = []
         if with_profiles:
             for name in plan.profiles:
@@ -501,7 +504,12 @@ def render_explanation(exp: EndpointExplanation) -> str:
                     lines.append("       no rules")
                 for r in pol.rules:
                     lines.append(f"       {_rule_line(r, exp.counters)}")
-            end = "drop" if s.decisive else "continue with the next tier"
+            if not s.decisive:
+                end = "continue with the next tier"
+            elif tier.default_action == "Pass":
+                end = "continue with the next tier (defaultAction: Pass)"
+            else:
+                end = "drop"
             lines.append(f"     end of tier {tier.name}: {end}")
         if s.uses_profiles:
             if not s.profiles:
@@ -672,7 +680,10 @@ def _engine_inputs(
     tiers: dict[str, TierView] = {}
     keys: dict[str, str] = {}
     for t_index, tp in enumerate(tier_plans):
-        tiers[tp.name] = TierView(tp.name, float(t_index), "Deny" if decisive else "Pass")
+        action: Literal["Deny", "Pass"] = (
+            "Deny" if decisive and tp.default_action != "Pass" else "Pass"
+        )
+        tiers[tp.name] = TierView(tp.name, float(t_index), action)
         for p_index, pk in enumerate(tp.policies):
             pol = calc.policies[pk]
             name = policy_display_name(pol)

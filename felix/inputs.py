@@ -51,6 +51,7 @@ from felix.model import (
     Pool,
     Profile,
     Tier,
+    TierAction,
 )
 from policy._selector_ast import And, Eq
 from policy.engine import namespace_selector_expr
@@ -265,8 +266,12 @@ class InputState:
         elif plural == kinds.PROFILE.plural_lower:
             c.set_profile(parts[-1], profile(res) if res else None)
         elif plural == kinds.TIER.plural_lower:
-            order = res.spec.order if res is not None and isinstance(res.spec, TierSpec) else None
-            c.set_tier(parts[-1], Tier(parts[-1], order) if res else None)
+            spec = res.spec if res is not None and isinstance(res.spec, TierSpec) else None
+            order = spec.order if spec is not None else None
+            action: TierAction = (
+                "Pass" if spec is not None and spec.default_action == "Pass" else "Deny"
+            )
+            c.set_tier(parts[-1], Tier(parts[-1], order, action) if res else None)
         elif plural == kinds.NETWORK_SET.plural_lower:
             c.set_network_set(f"ns/{parts[1]}/{parts[-1]}", network_set(res) if res else None)
         elif plural == kinds.GLOBAL_NETWORK_SET.plural_lower:

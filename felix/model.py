@@ -118,10 +118,17 @@ class Profile:
     labels_to_apply: FrozenLabels = field(default_factory=FrozenLabels)
 
 
+TierAction = Literal["Deny", "Pass"]
+
+
 @dataclass(frozen=True, slots=True)
 class Tier:
+    """``default_action``: what happens at the end of the tier to traffic that no policy of the
+    tier allowed, denied or passed: ``Deny`` (Calico's default) or ``Pass`` (to the next tier)."""
+
     name: str
     order: float | None
+    default_action: TierAction = "Deny"
 
 
 @dataclass(frozen=True, slots=True)

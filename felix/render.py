@@ -297,7 +297,7 @@ def endpoint_rules(
         for pk in tier.policies:
             out.append(Rule(f"-m mark --mark 0x0/{pas}", f"-j {policy_chain(pk, direction)}"))
             out.append(Rule(f"-m mark --mark {acc}/{acc}", on_accept))
-        if end_of_tier_drop:
+        if end_of_tier_drop and tier.default_action != "Pass":
             out.append(
                 Rule(f"-m mark --mark 0x0/{pas}", "-j DROP", f"end of tier {tier.name}: drop")
             )

@@ -1,4 +1,4 @@
-"""Tiers, policy order, Pass, end-of-tier drop and profiles, on real packets.
+"""Tiers, policy order, Pass, end-of-tier drop, tier defaultAction and profiles, on real packets.
 
 Workload ``a`` (client) pings and connects to ``b`` (server, TCP 8080). Policies select ``b``'s
 ingress; ``a``'s egress is allowed by its profile.
@@ -14,8 +14,11 @@ from tests.support.felix import ALLOW, ALLOW_ALL, API, DENY, FelixBed, gnp, prof
 SERVER = "role == 'server'"
 
 
-def tier(name: str, order: float) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "Tier", "metadata": {"name": name}, "spec": {"order": order}}
+def tier(name: str, order: float, default_action: str = "") -> dict[str, Any]:
+    spec: dict[str, Any] = {"order": order}
+    if default_action:
+        spec["defaultAction"] = default_action
+    return {"apiVersion": API, "kind": "Tier", "metadata": {"name": name}, "spec": spec}
 
 
 def tiered(tier_name: str, name: str, order: float, *rules: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +63,21 @@ def test_tier_order_policy_order_pass_and_end_of_tier_drop(
     bed.put(tiered("t2", "allow", 10, {"action": "Pass"}))
     # t2 passes everything to t1 again, where ICMP is denied and TCP passed on to profiles.
     bed.expect({"t2 pass: ping": (ping, False), "t2 pass: tcp": (tcp, True)})
+
+    # Tier defaultAction Pass: what t1 does not decide (TCP, once its Pass policy is gone)
+    # goes on to the profiles instead of the end-of-tier drop; its explicit Deny still holds.
+    bed.put(tiered("t2", "allow", 10, ALLOW))
+    bed.put(tier("t2", 200))
+    bed.delete("GlobalNetworkPolicy", "t1.pass")
+    bed.expect({"t1 deny-all: tcp": (tcp, False), "t1 deny-all: ping": (ping, False)})
+    bed.put(tier("t1", 100, "Pass"))
+    bed.expect({"t1 Pass: tcp (to t2)": (tcp, True), "t1 Pass: ping (denied)": (ping, False)})
+    bed.put(tier("t1", 100, "Deny"))
+    bed.expect({"t1 Deny again: tcp": (tcp, False)})
+    bed.put(tier("t1", 100))  # back to the state before this block
+    bed.put(tiered("t1", "pass", 20, {"action": "Pass"}))
+    bed.put(tiered("t2", "allow", 10, {"action": "Pass"}))
+    bed.put(tier("t2", 50))
 
     # Profiles come after the tiers: without an allowing profile, passed traffic is dropped.
     bed.put(profile("allow-all", [], [ALLOW]))

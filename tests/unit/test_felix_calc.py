@@ -812,6 +812,18 @@ def test_tier_order_then_name_and_default_last() -> None:
     assert [t[0] for t in tiers_of(s2, "wep/ns1/x")] == ["neg", "default", "a", "b", "z"]
 
 
+def test_tier_default_action_reaches_the_plan() -> None:
+    w = world(wep("x", "10.65.0.1/32"), Tier("a", 1, "Pass"), gnp("a.p", tier="a"), gnp("d"))
+    plan = scratch(w).endpoints["wep/ns1/x"]
+    assert [(t.name, t.default_action) for t in plan.ingress] == [
+        ("a", "Pass"),
+        ("default", "Deny"),
+    ]
+    w2 = replace(w, tiers={**w.tiers, "a": Tier("a", 1)})
+    plan2 = scratch(w2).endpoints["wep/ns1/x"]
+    assert [t.default_action for t in plan2.ingress] == ["Deny", "Deny"]
+
+
 def test_policy_order_within_tier() -> None:
     w = world(
         wep("x", "10.65.0.1/32"),

@@ -290,6 +290,23 @@ def test_endpoint_chain_tiers_end_of_tier_drop_and_profiles() -> None:
     ]
 
 
+def test_tier_default_action_pass_has_no_end_of_tier_drop() -> None:
+    w = wep("w1", ("10.65.0.1/32",), iface="tbw1", profiles=("kns",))
+    st_ = state_of(
+        w,
+        Tier("sec", 1, "Pass"),
+        gnp("sec.a", tier="sec", types=("Ingress",), ingress=rules({"action": "Deny"})),
+        gnp("b", types=("Ingress",)),
+        Profile("kns", ingress=rules({"action": "Allow"})),
+    )
+    tw = texts(chains_of(render_filter(st_, 4, CFG, {}))["tby-tw-tbw1"])
+    drops = [t for t in tw if t == "-m mark --mark 0x0/0x20000 -j DROP"]
+    assert len(drops) == 1  # the default tier's only: tier "sec" passes what it did not decide
+    assert tw.index(drops[0]) > tw.index(
+        f"-m mark --mark 0x0/0x20000 -j {policy_chain('gnp/b', 'ingress')}"
+    )
+
+
 def test_nat_outgoing_only_with_a_nat_pool() -> None:
     assert render_nat(state_of(Pool("p", ip_network("10.65.0.0/16"))), 4).chains == ()
     st_ = state_of(
