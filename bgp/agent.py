@@ -781,6 +781,7 @@ class BgpAgent:
     # ------------------------------------------------------------------ status / health
     def status(self) -> dict[str, Any]:
         me = self.my_address()
+        tunnel: TunnelManager | None = getattr(self, "_tunnel", None)
         nodes = self._node_infos()
         mine = nodes.get(self.s.node_name)
         cluster_id = mine.route_reflector_cluster_id if mine is not None else None
@@ -828,6 +829,7 @@ class BgpAgent:
                 "stuckReloads": self.exabgp.stuck_reloads,
                 "reloadWaiting": self.exabgp.reload_waiting is not None,
             },
+            "ipip": tunnel.status() if tunnel is not None else {"needed": False},
             "peers": peers,
         }
 

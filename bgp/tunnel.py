@@ -409,6 +409,7 @@ class TunnelManager:
         self.address: IPv4Address | None = None  # the tunnel address (once IPAM answered)
         self.unavailable = False  # the kernel has no ipip
         self.active = False  # some pool needs IP-in-IP
+        self.mtu: int | None = None  # the MTU last set on (or found right on) the device
         self._last: _Inputs | None = None
         self._next_check = 0.0
 
@@ -423,6 +424,16 @@ class TunnelManager:
         if self._store is None:
             self._store = self._store_factory()
         return self._store
+
+    def status(self) -> dict[str, object]:
+        """For the agent's ``/status``: is IP-in-IP needed, is it usable, and how it is set up."""
+        return {
+            "needed": self.active,
+            "device": self.device,
+            "available": not self.unavailable,
+            "address": str(self.address) if self.address is not None else None,
+            "mtu": self.mtu,
+        }
 
     def reconcile(
         self, pools: Sequence[PoolInfo], uplink: IPv4Interface | None, node: Resource | None
@@ -515,6 +526,7 @@ class TunnelManager:
             self.unavailable = False
         mtu = tunnel_mtu(self.kernel.uplink_mtu(uplink.ip), self.configured_mtu)
         steps = link_steps(have, mtu, self.address)
+        self.mtu = mtu
         for step in steps:
             self.kernel.apply(self.device, step)
         if steps:

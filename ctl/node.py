@@ -50,6 +50,20 @@ def render_status(st: dict[str, Any]) -> str:
         f"role: {_role(st)}, datastore {'in sync' if st.get('inSync') else 'NOT in sync'}.",
         f"ExaBGP: {'running' if st.get('exabgp', {}).get('running') else 'NOT running'} "
         f"(restarts {st.get('exabgp', {}).get('restarts', 0)})",
+    ]
+    ipip = st.get("ipip") or {}
+    if ipip.get("needed"):
+        if not ipip.get("available", True):
+            lines.append(
+                f"IP-in-IP: needed, but this kernel has no ipip: routes via {ipip.get('device')} "
+                "stay pending"
+            )
+        else:
+            lines.append(
+                f"IP-in-IP: {ipip.get('device')}, address {ipip.get('address') or 'not yet'}, "
+                f"MTU {ipip.get('mtu') or 'not set yet'}"
+            )
+    lines += [
         "",
         "IPv4 BGP status",
     ]

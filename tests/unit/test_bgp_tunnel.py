@@ -146,6 +146,19 @@ def test_brings_up_tunl0_with_address_and_records_it(etcd: FakeEtcd) -> None:
     assert res.metadata.labels == {"rack": "r0"}
     assert isinstance(res.spec, NodeSpec) and res.spec.bgp is not None
     assert res.spec.bgp.ipv4_address == UPLINK and res.spec.bgp.as_number == 64513
+    assert m.status() == {
+        "needed": True,
+        "device": "tunl0",
+        "available": True,
+        "address": str(addr.ip),
+        "mtu": 1480,
+    }
+
+
+def test_status_before_any_pool_needs_ipip(etcd: FakeEtcd) -> None:
+    m = manager(etcd, FakeTunnelKernel(uplinks={UPLINK.ip: 1500}))
+    assert m.reconcile([NEVER], UPLINK, node_res(etcd)) is False
+    assert m.status()["needed"] is False and m.status()["address"] is None
 
 
 def test_second_pass_writes_nothing(etcd: FakeEtcd) -> None:
@@ -186,6 +199,7 @@ def test_kernel_without_ipip_logs_once_and_keeps_going(
     assert len(errors) == 1 and errors[0].levelno == logging.ERROR
     assert not kernel.read("tunl0").exists
     assert m.unavailable
+    assert m.status()["needed"] is True and m.status()["available"] is False
     # The datastore side still happened: the address is allocated and recorded.
     assert recorded(etcd) is not None
 

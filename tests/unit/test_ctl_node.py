@@ -62,6 +62,15 @@ def test_render_status_without_peers() -> None:
     assert "No BGP peers configured." in render_status({**STATUS, "peers": []})
 
 
+def test_render_status_ipip_line_only_when_needed() -> None:
+    assert "IP-in-IP" not in render_status({**STATUS, "ipip": {"needed": False}})
+    up = {"needed": True, "device": "tunl0", "available": True, "address": "10.65.0.1", "mtu": 1480}
+    assert "IP-in-IP: tunl0, address 10.65.0.1, MTU 1480" in render_status({**STATUS, "ipip": up})
+    missing = {**up, "available": False}
+    text = render_status({**STATUS, "ipip": missing})
+    assert "no ipip" in text and "pending" in text
+
+
 def test_status_without_agent_fails_with_one_line() -> None:
     res = CliRunner().invoke(cli, ["node", "status", "--port", "1"])
     assert res.exit_code != 0
