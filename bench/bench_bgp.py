@@ -64,11 +64,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import io
 import json
 import os
 import platform
-import pstats
 import signal
 import socket
 import statistics
@@ -84,7 +82,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from bench.common import nsrun, run, wait_for
+from bench.common import nsrun, run, write_results
 from bgp import agent as agent_mod
 from bgp import exabgp_api as api
 from bgp import main as bgp_main
@@ -1244,14 +1242,6 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_summary(prof: Path, top: int = 35) -> str:
-    buf = io.StringIO()
-    st = pstats.Stats(str(prof), stream=buf)
-    st.sort_stats("tottime").print_stats(top)
-    st.sort_stats("cumulative").print_stats(top)
-    return buf.getvalue()
-
-
 # ------------------------------------------------------------------------------ main
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
@@ -1303,22 +1293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             r["part2"] = {"nodes": args.lab_nodes, "error": str(exc)}
     text = report(args, r)
     print(text)
-    if prof is not None:
-        if wait_for(prof.exists, 10):
-            summary = profile_summary(prof)
-            print(summary)
-            PROFILE_OUT.write_text(
-                f"# cProfile of tabby-bgp during `bench.bench_bgp --profile` ({args.runs} "
-                f"installs + removals of {args.routes} routes)\n\n{text}\n{summary}"
-            )
-            print(f"profile written to {PROFILE_OUT}")
-    else:
-        args.out.write_text(text)
-        print(f"written to {args.out}")
-    if not args.keep_tmp:
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
-    else:
-        print(f"kept {tmp}")
+    write_results(
+        text,
+        args.out,
+        prof,
+        PROFILE_OUT,
+        f"cProfile of tabby-bgp during `bench.bench_bgp --profile` ({args.runs} installs + "
+        f"removals of {args.routes} routes)",
+        tmp,
+        args.keep_tmp,
+    )
     return 0
 
 

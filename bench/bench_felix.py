@@ -42,11 +42,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import platform
-import pstats
 import random
 import re
 import select
@@ -67,7 +65,7 @@ from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any
 
-from bench.common import nsrun, run
+from bench.common import nsrun, profile_summary, run
 from datastore.codec import encode, resource_from_dict
 from datastore.etcd import EtcdConfig, EtcdKVStore
 from datastore.keys import resource_key
@@ -938,14 +936,6 @@ def fmt(x: float | None, unit: str = "ms", digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{digits}f} {unit}"
 
 
-def profile_summary(prof: Path, top: int = 30) -> str:
-    buf = io.StringIO()
-    st = pstats.Stats(str(prof), stream=buf)
-    st.sort_stats("cumulative").print_stats(top)
-    st.sort_stats("tottime").print_stats(top)
-    return buf.getvalue()
-
-
 def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
     lt = r["lat"]
     sod, sod2 = r["sod"], r["sod2"]
@@ -1185,7 +1175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = report(args, results)
         if args.profile:
             for prof in sorted(tmp.glob("felix-*.prof")):
-                (tmp / f"{prof.name}.txt").write_text(profile_summary(prof))
+                (tmp / f"{prof.name}.txt").write_text(profile_summary(prof, 30))
                 print(f"profile: {prof} (summary in {prof}.txt)")
             print(text)
             args.keep_logs = True

@@ -61,18 +61,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import platform
-import pstats
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -85,7 +83,7 @@ from exabgp.reactor.api.command.limit import (  # type: ignore[import-untyped]
 )
 
 from bench.bench_bgp import Namespaces, cpu_seconds, descendants, memory_kib
-from bench.common import nsrun, run
+from bench.common import nsrun, run, wait_for, write_results
 from bgp.model import Path as RibPath
 from bgp.reflect import PeerRole, ReflectContext, plan_prefix
 from datastore.codec import encode, resource_from_dict
@@ -395,7 +393,11 @@ def rr_run(
     clients = bed.spawn(cl_argv, run_dir / "clients.log")
     rr: Reflector | None = None
     try:
-        if not _wait(lambda: sock.exists() and "c0" in birdc(sock, "show", "protocols"), 30):
+
+        def started() -> bool:
+            return sock.exists() and "c0" in birdc(sock, "show", "protocols")
+
+        if not wait_for(started, 30, 0.1):
             raise RuntimeError(f"clients' BIRD did not start, see {run_dir}")
         t0 = time.time()
         rr = start_reflector(bed, kind, rr_ns, run_dir, profile)
@@ -447,15 +449,6 @@ def rr_run(
         if rr is not None:
             bed.stop(rr.proc)
         bed.stop(clients)
-
-
-def _wait(pred: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return pred()
 
 
 def part1(
@@ -659,7 +652,7 @@ def layout_measure(
     base: list[str], state: Path, nodes: list[LabNode], routes: int, idle: float
 ) -> dict[str, Any]:
     """Restart every tabby-bgp, wait for convergence, measure CPU and RSS per node."""
-    if not _wait(lambda: all_converged(nodes, routes), 300, 0.5):
+    if not wait_for(lambda: all_converged(nodes, routes), 300, 0.5):
         raise RuntimeError(f"layout never converged before the restart: {laggards(nodes, routes)}")
     for n in nodes:
         lab_run(base, "agent", "stop", n.name, "tabby-bgp", timeout=120)
@@ -667,7 +660,7 @@ def layout_measure(
     for n in nodes:
         lab_run(base, "agent", "start", n.name, "tabby-bgp", timeout=120)
     t_started = time.monotonic() - t0
-    if not _wait(lambda: all_converged(nodes, routes), 600, 0.3):
+    if not wait_for(lambda: all_converged(nodes, routes), 600, 0.3):
         raise RuntimeError(f"not converged 600 s after the restart: {laggards(nodes, routes)}")
     t_conv = time.monotonic() - t0
     pids = {n.name: agent_pid(state, n.name) for n in nodes}
@@ -925,14 +918,6 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_summary(prof: Path, top: int = 40) -> str:
-    buf = io.StringIO()
-    st = pstats.Stats(str(prof), stream=buf)
-    st.sort_stats("tottime").print_stats(top)
-    st.sort_stats("cumulative").print_stats(top)
-    return buf.getvalue()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -984,21 +969,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = tmp.parent / f"{tmp.name}.json"
     raw.write_text(json.dumps(r, indent=1, default=str))
     print(f"raw results: {raw}")
-    if prof is not None:
-        if _wait(prof.exists, 10):
-            summary = profile_summary(prof)
-            print(summary)
-            PROFILE_OUT.write_text(
-                f"# cProfile of the tabby reflector (bench.bench_rr --profile)\n\n{text}\n{summary}"
-            )
-            print(f"profile written to {PROFILE_OUT}")
-    else:
-        args.out.write_text(text)
-        print(f"written to {args.out}")
-    if not args.keep_tmp:
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
-    else:
-        print(f"kept {tmp}")
+    write_results(
+        text,
+        args.out,
+        prof,
+        PROFILE_OUT,
+        "cProfile of the tabby reflector (bench.bench_rr --profile)",
+        tmp,
+        args.keep_tmp,
+        top=40,
+    )
     return 0
 
 

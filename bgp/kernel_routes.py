@@ -46,7 +46,6 @@ __all__ = [
     "blackhole_routes",
     "containing_pool",
     "desired_routes",
-    "route_for",
 ]
 
 TUNNEL_DEVICE = "tunl0"
@@ -146,8 +145,9 @@ def _route_for(prefix: IPv4Network, paths: Sequence[Path], ctx: _Context) -> Rou
 
 
 class RouteCalculator:
-    """``route_for`` for many prefixes with the same inputs (the pool index and next-hop cache
-    are built once: the agent makes one per reconcile)."""
+    """The kernel route for one learned prefix (None: nothing to install), for many prefixes
+    with the same inputs: the pool index and next-hop cache are built once (the agent makes
+    one calculator per reconcile)."""
 
     __slots__ = ("_ctx",)
 
@@ -163,19 +163,6 @@ class RouteCalculator:
 
     def route(self, prefix: IPv4Network, paths: Sequence[Path]) -> Route | None:
         return _route_for(prefix, paths, self._ctx)
-
-
-def route_for(
-    prefix: IPv4Network,
-    paths: Sequence[Path],
-    *,
-    my_address: IPv4Interface,
-    pools: Sequence[PoolInfo],
-    node_addresses: Collection[IPAddress],
-    tunnel: str = TUNNEL_DEVICE,
-) -> Route | None:
-    """The kernel route for one learned prefix, or None when nothing should be installed."""
-    return _route_for(prefix, paths, _Context(my_address, pools, node_addresses, tunnel))
 
 
 def desired_routes(
