@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.support.felix import ALLOW, ALLOW_ALL, API, DENY, FelixBed, gnp
+from tests.support.felix import ALLOW, ALLOW_ALL, API, DENY, FelixBed, gnp, wait_for
 from tests.support.netns import ns_exec
 
 NODE_IP = "198.51.100.1"
@@ -119,6 +119,10 @@ def test_pre_dnat_deny_and_do_not_track_allow(felix_bed: FelixBed, tmp_path: Pat
             egress=[{"action": "Allow", "protocol": "TCP", "source": {"ports": [8082]}}],
         )
     )
+    # allow-all already lets 8082 through, so a probe succeeding says nothing about whether the
+    # raw-table rules are in: wait for them, and forget connections tracked before they were.
+    assert wait_for(lambda: "--dports 8082" in ns_exec(bed.node, ["iptables-save", "-t", "raw"]))
+    ns_exec(bed.node, ["conntrack", "-D", "-p", "tcp", "--dport", "8082"], check=False)
     # Untracked connection works; tracked traffic to other ports still goes through normal
     # policy (no end-of-tier drop for doNotTrack).
     bed.expect({"doNotTrack: 8082": (p8082, True), "doNotTrack: 8081": (p8081, True)})
