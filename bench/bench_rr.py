@@ -142,7 +142,7 @@ def client_bird_conf(n: int) -> str:
             f"protocol bgp c{i} {{\n"
             f"  router id {ip}; local {ip} as {ASN};\n"
             f"  neighbor {RR_IP} port {20000 + i} as {ASN};\n"
-            "  passive on; direct; hold time 90; keepalive time 30;\n"
+            "  passive on; strict bind on; direct; hold time 90; keepalive time 30;\n"
             f"  ipv4 {{ table t{i}; import all; export filter {{\n"
             f'    if proto = "s{i}" then {{ bgp_next_hop = {client_nh(i)}; accept; }}\n'
             "    reject; }; };\n}"
@@ -380,6 +380,32 @@ def start_reflector(
     return Reflector(kind, bed.spawn(argv, run_dir / "tabby-bgp.log", env))
 
 
+TCP_COUNTERS = (
+    "TcpExtListenOverflows",
+    "TcpExtListenDrops",
+    "TcpExtTCPReqQFullDrop",
+    "TcpAttemptFails",
+    "TcpExtTCPSynRetrans",
+    "TcpRetransSegs",
+    "TcpActiveOpens",
+    "TcpPassiveOpens",
+)
+
+
+def tcp_counters(ns: str) -> dict[str, int]:
+    """The namespace's TCP counters that explain a late session (``nstat``, absolute)."""
+    out: dict[str, int] = {}
+    for line in nsrun(ns, ["nstat", "-asz", *TCP_COUNTERS], check=False).splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in TCP_COUNTERS and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
 def rr_run(
     bed: Bed, kind: str, rr_ns: str, cl_ns: str, idx: int, profile: Path | None, timeout: float
 ) -> dict[str, Any]:
@@ -399,6 +425,7 @@ def rr_run(
 
         if not wait_for(started, 30, 0.1):
             raise RuntimeError(f"clients' BIRD did not start, see {run_dir}")
+        tcp0 = {ns: tcp_counters(ns) for ns in (rr_ns, cl_ns)}
         t0 = time.time()
         rr = start_reflector(bed, kind, rr_ns, run_dir, profile)
         cpu_first: float | None = None
@@ -431,7 +458,14 @@ def rr_run(
         last_route, count = last_route_time(sock, n)
         last_est = max(st.since.values())
         first_est = min(st.since.values())
+        ups = sorted(st.since.values())
         return {
+            "tcp_reflector": delta(tcp_counters(rr_ns), tcp0[rr_ns]),
+            "tcp_clients": delta(tcp_counters(cl_ns), tcp0[cl_ns]),
+            # sessions up by 0.5 s after the first: [0.5 s, 1 s, 2 s, 4 s, 8 s, later]
+            "sessions_by": [
+                sum(1 for u in ups if u - first_est <= lim) for lim in (0.5, 1, 2, 4, 8, 1e9)
+            ],
             "converge": last_route - last_est,
             "sessions_spread": last_est - first_est,
             "start_to_last_est": last_est - t0,
@@ -476,6 +510,11 @@ def part1(
                     f"last session (sessions spread {one['sessions_spread']:.2f} s), cpu "
                     f"{one['cpu_total']:.2f} s ({one['cpu_sessions']:.2f} s after the first "
                     f"session), rss {one['rss_kib'] / 1024:.1f} MiB, {one['routes']} routes",
+                    flush=True,
+                )
+                print(
+                    f"      sessions up within 0.5/1/2/4/8 s/all: {one['sessions_by']}; TCP "
+                    f"reflector {one['tcp_reflector']}, clients {one['tcp_clients']}",
                     flush=True,
                 )
     finally:

@@ -1,11 +1,12 @@
-"""Start ExaBGP (``python -m bgp.exabgp_launch CONFIG``) with one copy removed from its hot path.
+"""Start ExaBGP (``python -m bgp.exabgp_launch CONFIG``) with two costs removed from its hot path.
 
 Role: the program ``bgp.exabgp_proc`` runs instead of the ``exabgp`` script. It applies the
-patch below and hands over to ExaBGP's own ``main`` (same arguments, same environment, same
-exit code). It is applied only to ExaBGP 5.0.x with the patched method present; otherwise
+patches below and hands over to ExaBGP's own ``main`` (same arguments, same environment, same
+exit code). They are applied only to ExaBGP 5.0.x with the patched functions present; otherwise
 ExaBGP runs unchanged and a line on stderr (ExaBGP's log) says so. ``TABBY_EXABGP_PATCH=0`` in
 the agent's environment (passed on to ExaBGP) runs ExaBGP unchanged on purpose, to compare or
-to rule the patch out when diagnosing.
+to rule the patches out when diagnosing. ``TABBY_EXABGP_PROFILE=PATH`` runs ExaBGP under
+cProfile and writes ``PATH.<pid>`` when it exits (for benchmarks; ``pstats`` reads it).
 
 ``share_unchanged_routes``: for every API announcement, ExaBGP deep-copies the route once per
 neighbour it goes to (``Neighbor.remove_self``), in case ``next-hop self`` must be rewritten
@@ -17,17 +18,26 @@ object is shared by the neighbours' Adj-RIB-Outs, and only ``self`` routes are s
 the original method). ExaBGP's other mutations of a stored route work on copies of their own
 (``OutgoingRIB.del_from_rib``) or on received routes; the one that does not (the watchdog
 feature) is not used by tabby.
+
+``prefilter_neighbor_match``: an API command naming a neighbour (``neighbor 198.51.100.10
+announce eor ipv4 unicast``) is matched against every configured neighbour by building and
+running a regular expression per selector term and neighbour: ~1 ms per command with 200
+neighbours, 200 ms for the End-of-RIBs of a 200-client reflector coming up. A term can only
+match a neighbour whose name contains it literally, so a substring test now goes first and the
+regular expression runs only on the few names that pass it: the same answers, ~50 times faster
+(checked against the original on every term shape in the unit tests).
 """
 
 from __future__ import annotations
 
+import cProfile
 import importlib
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["main", "share_unchanged_routes"]
+__all__ = ["main", "prefilter_neighbor_match", "share_unchanged_routes"]
 
 
 def share_unchanged_routes() -> bool:
@@ -53,14 +63,49 @@ def share_unchanged_routes() -> bool:
     return True
 
 
+def prefilter_neighbor_match() -> bool:
+    """Patch ExaBGP's ``match_neighbor`` with a literal pre-test; True if applied."""
+    try:
+        limit: Any = importlib.import_module("exabgp.reactor.api.command.limit")
+        version = importlib.import_module("exabgp.version").version
+    except ImportError:
+        return False
+    original: Callable[[Any, str], bool] | None = getattr(limit, "match_neighbor", None)
+    if not str(version).startswith("5.0.") or original is None:
+        return False
+    if getattr(original, "_tabby_patched", False):
+        return True
+
+    def match_neighbor(description: Any, name: str) -> bool:
+        for term in description:
+            if term.strip() == "neighbor *":
+                break  # the original answers True from here on
+            if term not in name:
+                return False  # the original's regex needs the term verbatim in the name
+        return original(description, name)
+
+    match_neighbor._tabby_patched = True  # type: ignore[attr-defined]
+    limit.match_neighbor = match_neighbor  # match_neighbors looks it up in its module
+    return True
+
+
 def main() -> int:
     if os.environ.get("TABBY_EXABGP_PATCH", "1") == "0":
         sys.stderr.write("tabby: ExaBGP runs unpatched (TABBY_EXABGP_PATCH=0)\n")
-    elif not share_unchanged_routes():
-        sys.stderr.write("tabby: ExaBGP runs unpatched (not 5.0.x): reflection is slower\n")
+    elif not (share_unchanged_routes() & prefilter_neighbor_match()):
+        sys.stderr.write("tabby: ExaBGP runs (partly) unpatched (not 5.0.x): slower\n")
     exabgp_main = importlib.import_module("exabgp.application.main").main
     sys.argv[0] = "exabgp"
-    return int(exabgp_main() or 0)
+    profile_to = os.environ.get("TABBY_EXABGP_PROFILE", "")
+    if not profile_to:
+        return int(exabgp_main() or 0)
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        return int(exabgp_main() or 0)
+    finally:
+        prof.disable()
+        prof.dump_stats(f"{profile_to}.{os.getpid()}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ def test_env_names_and_values() -> None:
     assert env["exabgp_api_respawn"] == "true"
     assert env["exabgp_api_ack"] == "true"
     assert env["exabgp_log_destination"] == "file:/var/log/tabby/exabgp.log"
+    assert env["exabgp_log_statistics"] == "false"
     with pytest.raises(ExabgpConfigError):
         render_env("/var/log/x")
 

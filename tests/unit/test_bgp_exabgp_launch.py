@@ -8,7 +8,7 @@ import sys
 from types import SimpleNamespace
 from typing import Any
 
-from bgp.exabgp_launch import share_unchanged_routes
+from bgp.exabgp_launch import prefilter_neighbor_match, share_unchanged_routes
 
 
 def _change(self_nexthop: bool) -> Any:
@@ -41,3 +41,47 @@ def test_launcher_runs_exabgp() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "5.0." in res.stdout + res.stderr
+
+
+def test_neighbor_match_prefilter_gives_the_original_answers() -> None:
+    limit = importlib.import_module("exabgp.reactor.api.command.limit")
+    original = limit.match_neighbor
+    was_patched = getattr(original, "_tabby_patched", False)
+    assert prefilter_neighbor_match()
+    assert prefilter_neighbor_match()  # idempotent
+    patched = limit.match_neighbor
+    assert getattr(patched, "_tabby_patched", False)
+    if was_patched:  # another test patched first: compare against ExaBGP's regex directly
+        original = patched.__closure__[0].cell_contents  # type: ignore[attr-defined]
+    names = [
+        "neighbor 198.51.100.10 local-ip 198.51.100.1 local-as 64512 peer-as 64512 "
+        "router-id 198.51.100.1 family-allowed ipv4-unicast",
+        "neighbor 198.51.100.100 local-ip 198.51.100.1 local-as 64512 peer-as 65001 "
+        "router-id 198.51.100.1 family-allowed ipv4-unicast",
+        "neighbor 203.0.113.5 local-ip 203.0.113.1 local-as 64512 peer-as 64512 "
+        "router-id 203.0.113.1 family-allowed ipv4-unicast/ipv6-unicast",
+    ]
+    descriptions = [
+        ["neighbor 198.51.100.10"],
+        ["neighbor 198.51.100.1"],  # a prefix of .10 and .100 as text: must not match them
+        ["neighbor 198.51.100.100"],
+        ["neighbor 203.0.113.5", "peer-as 64512"],
+        ["neighbor 203.0.113.5", "peer-as 65001"],
+        ["neighbor *"],
+        ["neighbor *", "peer-as 1"],
+        ["peer-as 65001"],
+        ["local-ip 198.51.100.1"],
+        ["router-id 203.0.113.1", "family-allowed ipv4-unicast/ipv6-unicast"],
+        ["neighbor 198.51.100.10", "neighbor *"],
+        ["neighbor 192.168.0.1", "neighbor *"],
+        [],
+    ]
+    answers = []
+    for d in descriptions:
+        for n in names:
+            want = original(d, n)
+            assert patched(d, n) is want, (d, n)
+            answers.append(want)
+    assert True in answers and False in answers  # both outcomes exercised
+    matched = limit.match_neighbors(names, [["neighbor 198.51.100.10"], ["peer-as 65001"]])
+    assert matched == names[:2]
