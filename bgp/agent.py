@@ -32,7 +32,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
 from pathlib import Path
@@ -139,6 +139,7 @@ class BgpAgent:
         )
         self.decoder = ResourceDecoder()
         self.nodes: dict[str, Resource] = {}
+        self._node_infos_cache: dict[str, NodeInfo] | None = None  # see _node_infos
         self.bgp_configs: dict[str, Resource] = {}
         self.bgp_peers: dict[str, Resource] = {}
         self.pools: dict[str, Resource] = {}
@@ -163,6 +164,11 @@ class BgpAgent:
         self._confirmed: set[IPv4Address] = set()
         self._config_peers: tuple[str, frozenset[IPv4Address]] = ("", frozenset())
         self._loop_ids: tuple[IPv4Address, IPv4Address | None] | None = None
+        # The reflection context is rebuilt only when its inputs change: the neighbours' roles
+        # (``_roles_changed`` is bumped wherever ``peers`` gains or loses a neighbour or one's
+        # spec or router id changes), our address, cluster ID and announcements.
+        self._roles_changed = 0
+        self._ctx_cache: tuple[tuple[object, ...], reflect.ReflectContext] | None = None
         self.rib.watch("reflect")
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: collections.deque[str] = collections.deque()
@@ -246,6 +252,8 @@ class BgpAgent:
             table.pop(ru.name, None)
         else:
             table[ru.name] = ru.resource
+        if table is self.nodes:
+            self._node_infos_cache = None
 
     async def _consume(self) -> None:
         while not self._stop.is_set():
@@ -266,14 +274,18 @@ class BgpAgent:
                 self._work.set()
 
     # ------------------------------------------------------------------ calculation
-    def _node_infos(self) -> dict[str, NodeInfo]:
-        out = {}
-        for name, res in self.nodes.items():
-            try:
-                out[name] = from_node_resource(res)
-            except ValueError as exc:
-                log.warning("bgp.bad_node name=%s error=%s", name, exc)
-        return out
+    def _node_infos(self) -> Mapping[str, NodeInfo]:
+        """Every Node parsed (read-only; parsed again only after a Node changed: our address
+        and cluster ID are asked for per command, and a cluster may have hundreds of nodes)."""
+        if self._node_infos_cache is None:
+            out = {}
+            for name, res in self.nodes.items():
+                try:
+                    out[name] = from_node_resource(res)
+                except ValueError as exc:
+                    log.warning("bgp.bad_node name=%s error=%s", name, exc)
+            self._node_infos_cache = out
+        return self._node_infos_cache
 
     def _config(self) -> BGPConfig:
         return from_bgpconfig_resources(
@@ -375,6 +387,8 @@ class BgpAgent:
         elif isinstance(ev, api.OpenEvent):
             st = self.peers.get(ev.session.peer)  # type: ignore[arg-type]
             if st is not None and ev.direction == "receive":
+                if st.router_id != ev.router_id:
+                    self._roles_changed += 1
                 st.router_id = ev.router_id
                 st.graceful_restart = ev.graceful_restart_time
         elif isinstance(ev, api.UpdateEvent):
@@ -450,8 +464,9 @@ class BgpAgent:
             return
         if not self._announcements_current():
             return
+        holding = self._holding_client_eor()  # once, not per peer: O(peers) each
         for peer in sorted(self._eor_pending):
-            if self._eor_deferred(peer):
+            if holding and self._eor_deferred(peer):
                 continue
             self._send(api.announce_eor(peer))
             st = self.peers.get(peer)
@@ -484,9 +499,11 @@ class BgpAgent:
             if st is None:
                 self.peers[addr] = PeerStatus(spec)
                 self._confirmed.discard(addr)
+                self._roles_changed += 1
             else:
                 if st.spec != spec:
                     self._confirmed.discard(addr)  # ExaBGP may rebuild it, Adj-RIB-Out and all
+                    self._roles_changed += 1
                 st.spec = spec
         self._peers_known = True  # readiness: the configured sessions are known
         api_cmd = [sys.executable, "-m", "bgp.api_bridge", str(self.s.state_dir / "api.sock")]
@@ -509,6 +526,7 @@ class BgpAgent:
                 # at once (graceful restart only covers a session that is expected back).
                 self._peer_down(addr, "peer removed", graceful=False)
                 del self.peers[addr]
+                self._roles_changed += 1
                 self.adj_out.forget(addr)  # a neighbour added again starts empty in ExaBGP
                 self._confirmed.discard(addr)
 
@@ -560,6 +578,9 @@ class BgpAgent:
         me = self.my_address()
         if me is None:
             return None
+        key = (self._roles_changed, me.ip, self._cluster_id(), frozenset(self.announced))
+        if self._ctx_cache is not None and self._ctx_cache[0] == key:
+            return self._ctx_cache[1]
         roles = {
             addr: reflect.PeerRole(
                 ibgp=not st.spec.ebgp,
@@ -568,7 +589,9 @@ class BgpAgent:
             )
             for addr, st in self.peers.items()
         }
-        return reflect.ReflectContext(me.ip, self._cluster_id(), roles, frozenset(self.announced))
+        ctx = reflect.ReflectContext(me.ip, key[2], roles, key[3])
+        self._ctx_cache = (key, ctx)
+        return ctx
 
     def _best_path(self, prefix: IPv4Network) -> RibPath | None:
         paths = self.rib.best(prefix)
@@ -651,15 +674,18 @@ class BgpAgent:
             )
             self._send_reflect(commands)
 
-    def _eor_deferred(self, peer: IPv4Address) -> bool:
+    def _holding_client_eor(self) -> bool:
         """A reflector holds End-of-RIB to its clients until it has converged itself (every
         peer sent End-of-RIB, or the restart time passed; RFC 4724 4.1): a client keeping our
         routes as stale across our restart must not flush them before we re-learned and
-        re-sent them. Other reflectors get it at once (they may be waiting for ours)."""
-        st = self.peers.get(peer)
-        if st is None or not st.spec.route_reflector_client or st.spec.peer_cluster_id:
-            return False
+        re-sent them."""
         return self._cluster_id() is not None and not self._converged_now()
+
+    def _eor_deferred(self, peer: IPv4Address) -> bool:
+        """While ``_holding_client_eor``: is ``peer`` one whose End-of-RIB waits (a client)?
+        Other reflectors get it at once (they may be waiting for ours)."""
+        st = self.peers.get(peer)
+        return not (st is None or not st.spec.route_reflector_client or st.spec.peer_cluster_id)
 
     def _dedicated_reflector_kernel(self) -> bool:
         """``--route-reflector``: reflect only; no learned route (and no blackhole: no blocks)
