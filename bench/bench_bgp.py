@@ -983,12 +983,14 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
         "t_state_down": 0.0,
         "t_state_up": 0.0,
     }
+    # (monotonic time, what, count, seconds): UPDATE events, kernel reconciles, apply calls
+    timeline: list[tuple[float, str, int, float]] = []
     path = Path(stats_path)
     clock = time.perf_counter
 
     def save() -> None:
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st))
+        tmp.write_text(json.dumps({**st, "timeline": timeline}))
         tmp.replace(path)
 
     orig_parse = api.parse_line
@@ -1015,6 +1017,7 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
             st["update_s"] += clock() - t
             st["updates"] += 1
             st["prefixes"] += len(ev.announced)
+            timeline.append((now, "update", len(ev.announced), clock() - t))
             return
         orig_event(self, ev)
         if isinstance(ev, api.StateEvent):
@@ -1028,6 +1031,7 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
         t = clock()
         ops0 = st["ops"]
         changed = orig_reconcile(self)
+        timeline.append((time.monotonic(), "reconcile", int(changed), clock() - t))
         st["reconcile_s"] += clock() - t
         st["reconciles"] += 1
         if st["ops"] != ops0:
@@ -1045,6 +1049,7 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
         try:
             return orig_apply(self, ops)
         finally:
+            timeline.append((time.monotonic(), "apply", len(ops), clock() - t))
             st["ip_s"] += clock() - t
             st["ip_calls"] += 1
             st["ops"] += len(ops)

@@ -180,6 +180,7 @@ class BgpAgent:
         self._keep: dict[Any, Route] = {}  # kernel routes found at start, kept until converged
         self._learned: dict[Any, Route] | None = None  # desired routes for learned prefixes
         self._kernel_inputs: tuple[Any, ...] | None = None
+        self._kernel_converged = False  # the convergence _keep was last applied for
         self._next_route_check = 0.0
         self.exit_code = 0
         # -- health and metrics (bgp/metrics.py)
@@ -725,10 +726,11 @@ class BgpAgent:
             n.ipv4_address.ip for n in self._node_infos().values() if n.ipv4_address
         )
         converged = self._converged_now()
-        inputs = (me, frozenset(self.my_blocks), tuple(pools), node_addrs, converged)
+        inputs = (me, frozenset(self.my_blocks), tuple(pools), node_addrs)
         changed = self.rib.changes()
         if inputs != self._kernel_inputs or self._learned is None:
             self._kernel_inputs = inputs
+            self._kernel_converged = converged
             best = {p: self.rib.best(p) for p in self.rib.prefixes()}
             self._learned = dict(
                 desired_routes(
@@ -749,8 +751,22 @@ class BgpAgent:
                 self._keep.clear()
             self.routes.set_routes(routes.values())
             return True
+        flipped = converged and not self._kernel_converged
+        if flipped:
+            # Converged (typically right after the last End-of-RIB, i.e. at the end of a full
+            # table load): only the routes kept from before a restart and not learned again
+            # go; recomputing every route here would add a full pass to the load's tail.
+            self._kernel_converged = True
+            for dst, kept in self._keep.items():
+                if (
+                    dst not in self._learned
+                    and dst not in self.my_blocks  # its blackhole
+                    and self.routes.desired(dst) == kept
+                ):
+                    self.routes.remove_route(dst)
+            self._keep.clear()
         if not changed:
-            return False
+            return flipped
         calc = RouteCalculator(my_address=me, pools=pools, node_addresses=node_addrs)
         for prefix in changed:
             paths = self.rib.best(prefix)

@@ -88,3 +88,31 @@ def test_bgp_agent_restart_is_hitless(
             assert st.lost == 0, f"{phase}: {src} lost {st.lost}/{st.transmitted} pings"
         assert changes == {n: "" for n in lab.nodes}, f"{phase}: route changes seen: {changes}"
         assert {n: lab.bgp_routes(n) for n in lab.nodes} == routes_before
+
+
+def test_route_left_from_before_a_restart_goes_once_converged(
+    make_lab: Callable[[str], Lab], background: Background
+) -> None:
+    """A route of ours in the kernel at start that no peer announces any more (it went away
+    while the agent was down) is kept until convergence, then removed; nothing else changes."""
+    lab = make_lab("keep")
+    lab.up(2, 1)
+    lab.wait_mesh(lab.nodes, expected_peers=1)
+    n1, n2 = lab.nodes
+    learned = lab.bgp_routes(n2)
+    assert learned, "node2 learned no route from node1"
+    lab.agent("stop", n2, "tabby-bgp")
+    wait_for(lambda: lab.node_status(n2) == {}, 20, "tabby-bgp on node2 to stop")
+    stale = "10.250.0.0/26"
+    lab.exec(n2, "ip", "route", "add", stale, "via", lab.node_ip(n1), "proto", "81")
+    monitor = background.start(lab.node_netns(n2), ["ip", "-4", "monitor", "route"], "keep-mon")
+    time.sleep(0.5)
+    t0 = time.time()
+    lab.agent("start", n2, "tabby-bgp")
+    wait_for(partial(_restarted, lab, n2, t0), 60, "node2's sessions back")
+    _, took = wait_for(lambda: stale not in lab.bgp_routes(n2), 30, "the stale route to go")
+    time.sleep(1.0)
+    changes = [line for line in background.stop(monitor).splitlines() if line.strip()]
+    print(f"\nstale route removed {took:.1f}s after the sessions were back: {changes}")
+    assert lab.bgp_routes(n2) == learned  # the learned routes stayed, the stale one went
+    assert len(changes) == 1 and changes[0].startswith(f"Deleted {stale} "), changes

@@ -70,6 +70,7 @@ def test_render_exact_neighbor_block() -> None:
         "    local-as 64512;\n"
         "    peer-as 64512;\n"
         "    hold-time 90;\n"
+        "    adj-rib-in false;\n"
         "    passive true;\n"
         "    listen 179;\n"
         f'    md5-password "{encoded}";\n'
