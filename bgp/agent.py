@@ -173,6 +173,7 @@ class BgpAgent:
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: collections.deque[str] = collections.deque()
         self._eor_pending: set[IPv4Address] = set()
+        self.api_errors = 0  # lines from ExaBGP that could not be parsed (logged, skipped)
         self._work = asyncio.Event()
         self._stop = asyncio.Event()
         self._started = time.monotonic()
@@ -344,7 +345,19 @@ class BgpAgent:
                 line = await reader.readline()
                 if not line:
                     break
-                self._on_event(api.parse_line(line.decode(errors="replace")))
+                try:
+                    ev = api.parse_line(line.decode(errors="replace"))
+                except api.ExabgpApiError as exc:
+                    # one line we cannot read must not take every session down with it
+                    self.api_errors += 1
+                    log.error("bgp.api_bad_line error=%s line=%.300s", exc, line)
+                    continue
+                self._on_event(ev)
+                if isinstance(ev, api.UpdateEvent):
+                    # readline() does not yield while ExaBGP's lines are buffered: without
+                    # this, a table load is parsed whole before the first route is computed
+                    # and written (the kernel writes would start only after the last UPDATE).
+                    await asyncio.sleep(0)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -869,6 +882,7 @@ class BgpAgent:
                 "running": self.exabgp.running,
                 "restarts": max(0, self.exabgp.restarts - 1),
                 "stuckReloads": self.exabgp.stuck_reloads,
+                "unreadableLines": self.api_errors,
                 "reloadWaiting": self.exabgp.reload_waiting is not None,
             },
             "ipip": tunnel.status() if tunnel is not None else {"needed": False},

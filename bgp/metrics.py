@@ -155,6 +155,12 @@ class BgpStateCollector:
             "restarted for each).",
             value=int(exabgp.get("stuckReloads", 0)),
         )
+        yield CounterMetricFamily(
+            f"{p}_exabgp_unreadable_lines",
+            "Lines from ExaBGP's API that could not be parsed (logged as bgp.api_bad_line and "
+            "skipped).",
+            value=int(exabgp.get("unreadableLines", 0)),
+        )
 
 
 class BgpMetrics:
