@@ -22,6 +22,7 @@ BENCHMARKS = (
     ("cni", True),
     ("felix", True),
     ("bgp", True),
+    ("bgp_stages", False),
     ("rr", True),
 )
 
