@@ -173,7 +173,7 @@ class BgpAgent:
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: collections.deque[str] = collections.deque()
         self._eor_pending: set[IPv4Address] = set()
-        self.api_errors = 0  # lines from ExaBGP that could not be parsed (logged, skipped)
+        self.api_errors = 0  # lines from ExaBGP that could not be parsed or processed (skipped)
         self._work = asyncio.Event()
         self._stop = asyncio.Event()
         self._started = time.monotonic()
@@ -352,7 +352,11 @@ class BgpAgent:
                     self.api_errors += 1
                     log.error("bgp.api_bad_line error=%s line=%.300s", exc, line)
                     continue
-                self._on_event(ev)
+                try:
+                    self._on_event(ev)
+                except Exception:  # a bug here must not end every session either
+                    self.api_errors += 1
+                    log.exception("bgp.api_event_failed event=%.300r", ev)
                 if isinstance(ev, api.UpdateEvent):
                     # readline() does not yield while ExaBGP's lines are buffered: without
                     # this, a table load is parsed whole before the first route is computed

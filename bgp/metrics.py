@@ -157,8 +157,8 @@ class BgpStateCollector:
         )
         yield CounterMetricFamily(
             f"{p}_exabgp_unreadable_lines",
-            "Lines from ExaBGP's API that could not be parsed (logged as bgp.api_bad_line and "
-            "skipped).",
+            "Lines from ExaBGP's API that could not be parsed or processed (logged as "
+            "bgp.api_bad_line or bgp.api_event_failed, and skipped).",
             value=int(exabgp.get("unreadableLines", 0)),
         )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bgp.agent import BgpAgent, BgpSettings, PeerStatus
+from bgp.exabgp_api import UpdateEvent
 from bgp.model import PeerSpec
 from datastore.fake import FakeKVStore
 from kernel.routes import FakeRouteBackend, RouteTable
@@ -118,3 +119,42 @@ def test_unreadable_line_is_skipped_and_counted(
     assert seen["prefixes"] == {IPv4Network("10.1.0.0/26"), IPv4Network("10.2.0.0/26")}
     assert seen["state"] == "established"
     assert agent.status()["exabgp"]["unreadableLines"] == 2
+
+
+def test_event_that_fails_is_logged_and_the_reader_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = BgpAgent(
+        BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
+        store_factory=FakeKVStore,
+        routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
+    )
+    real = agent._on_event
+    calls = {"n": 0}
+
+    def flaky(ev: object) -> None:
+        if isinstance(ev, UpdateEvent):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+        real(ev)  # type: ignore[arg-type]
+
+    agent._on_event = flaky  # type: ignore[method-assign]
+    seen: dict[str, object] = {}
+
+    async def feed() -> None:
+        reader = asyncio.StreamReader()
+        client = asyncio.create_task(agent._api_client(reader, _Writer()))  # type: ignore[arg-type]
+        reader.feed_data(_update("10.1.0.0/26") + _update("10.2.0.0/26"))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if agent.rib.count(PEER):
+                break
+        seen["prefixes"] = set(agent.rib.prefixes())
+        reader.feed_eof()
+        await client
+
+    asyncio.run(feed())
+    assert "bgp.api_event_failed" in caplog.text and "boom" in caplog.text
+    assert agent.api_errors == 1
+    assert seen["prefixes"] == {IPv4Network("10.2.0.0/26")}
