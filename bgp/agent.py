@@ -52,6 +52,7 @@ from bgp.metrics import BgpMetrics, bgp_snapshot
 from bgp.model import (
     BGPConfig,
     BGPPeerInfo,
+    IPAddress,
     NodeInfo,
     PeerSpec,
     PoolInfo,
@@ -345,18 +346,33 @@ class BgpAgent:
                 line = await reader.readline()
                 if not line:
                     break
+                text = line.decode(errors="replace")
                 try:
-                    ev = api.parse_line(line.decode(errors="replace"))
+                    ev = api.parse_line(text)
                 except api.ExabgpApiError as exc:
-                    # one line we cannot read must not take every session down with it
+                    # One line we cannot read must not take every session down with it. If it
+                    # is an UPDATE, what it names is withdrawn (RFC 7606 treat-as-withdraw):
+                    # no route rather than a stale one (the peer will not send it again).
                     self.api_errors += 1
-                    log.error("bgp.api_bad_line error=%s line=%.300s", exc, line)
+                    salvaged = api.salvage_update(text)
+                    if salvaged is not None:
+                        self._treat_as_withdraw(*salvaged)
+                    log.error(
+                        "bgp.api_bad_line error=%s withdrawn=%s line=%.300s",
+                        exc,
+                        len(salvaged[1]) if salvaged is not None else 0,
+                        text,
+                    )
                     continue
                 try:
                     self._on_event(ev)
                 except Exception:  # a bug here must not end every session either
                     self.api_errors += 1
                     log.exception("bgp.api_event_failed event=%.300r", ev)
+                    if isinstance(ev, api.UpdateEvent):  # its effect may be half applied
+                        every = [a.prefix for a in ev.announced] + list(ev.withdrawn)
+                        self._treat_as_withdraw(ev.session.peer, tuple(every))
+                    self._work.set()
                 if isinstance(ev, api.UpdateEvent):
                     # readline() does not yield while ExaBGP's lines are buffered: without
                     # this, a table load is parsed whole before the first route is computed
@@ -375,6 +391,19 @@ class BgpAgent:
                 for peer in list(self.peers):
                     self._peer_down(peer, "api disconnected")
             writer.close()
+
+    def _treat_as_withdraw(self, peer: IPAddress, prefixes: tuple[IPv4Network, ...]) -> None:
+        """Withdraw ``prefixes`` of ``peer`` (an UPDATE we could not read or apply)."""
+        if not prefixes:
+            return
+        try:
+            self.rib.update_many(peer, ((p, None) for p in prefixes))
+        except Exception:
+            log.exception("bgp.treat_as_withdraw_failed peer=%s prefixes=%d", peer, len(prefixes))
+        st = self.peers.get(peer) if isinstance(peer, IPv4Address) else None
+        if st is not None:
+            st.received = self.rib.count(peer)
+        self._work.set()
 
     def _on_event(self, ev: api.Event) -> None:
         if isinstance(ev, api.Ack):

@@ -79,6 +79,7 @@ __all__ = [
     "announce_eor",
     "announce_route",
     "parse_line",
+    "salvage_update",
     "teardown",
     "withdraw_route",
 ]
@@ -404,6 +405,41 @@ def parse_line(line: str) -> Event:
         data=_str(note.get("data", ""), "notification.data"),
         message=_str(note.get("message", ""), "notification.message"),
     )
+
+
+def salvage_update(line: str) -> tuple[IPAddress, tuple[IPv4Network, ...]] | None:
+    """For a received UPDATE line that ``parse_line`` rejected: the peer and every IPv4 unicast
+    prefix the line names (announced or withdrawn) that can still be read, so that the receiver
+    can treat them as withdrawn (RFC 7606's "treat-as-withdraw": no route rather than a wrong
+    or stale one). None when the line is not a received UPDATE or names no readable peer."""
+    try:
+        doc = json.loads(line)
+        n = doc["neighbor"]
+        if doc.get("type") != "update" or n.get("direction", "receive") != "receive":
+            return None
+        peer = ip_address(n["address"]["peer"])
+        update = n["message"]["update"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+    def dict_at(obj: object, key: str) -> dict[str, object]:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    texts: list[object] = []
+    for nlris in dict_at(dict_at(update, "announce"), _FAMILY).values():
+        texts += nlris if isinstance(nlris, list) else []
+    gone = dict_at(update, "withdraw").get(_FAMILY)
+    texts += gone if isinstance(gone, list) else []
+    prefixes: list[IPv4Network] = []
+    for item in texts:
+        nlri = item.get("nlri") if isinstance(item, dict) else None
+        if isinstance(nlri, str):
+            try:
+                prefixes.append(parse_prefix(nlri))
+            except ValueError:
+                continue
+    return peer, tuple(prefixes)
 
 
 # ---------------------------------------------------------------------------------------------

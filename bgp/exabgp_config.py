@@ -132,8 +132,8 @@ def _neighbor(peer: PeerSpec, router_id: IPv4Address, local: IPv4Address, listen
         f"    local-as {peer.local_as};",
         f"    peer-as {peer.remote_as};",
         f"    hold-time {_hold(peer)};",
-        # tabby keeps the Adj-RIB-In (bgp/rib.py); ExaBGP's own copy would cost a Change
-        # object per received route (memory, and ~2 us per route on the receive path)
+        # tabby keeps the Adj-RIB-In (bgp/rib.py); ExaBGP's own copy would store every
+        # received route once more (memory, and a cache update per route on the receive path)
         "    adj-rib-in false;",
     ]
     if peer.passive:

@@ -1,5 +1,6 @@
-"""tabby-bgp's reader of ExaBGP's API lines: a line it cannot parse is logged, counted and
-skipped; the sessions and the lines after it are unaffected."""
+"""tabby-bgp's reader of ExaBGP's API lines: a line it cannot parse or apply is logged and
+counted, what an unreadable UPDATE names is withdrawn (treat-as-withdraw), and the sessions and
+the lines after it are unaffected; the control loop runs between UPDATEs."""
 
 from __future__ import annotations
 
@@ -33,17 +34,21 @@ def _line(kind: str, body: dict[str, object]) -> bytes:
     return (json.dumps(doc) + "\n").encode()
 
 
-def _update(prefix: str) -> bytes:
-    return _line(
-        "update",
-        {
-            "message": {
-                "update": {
-                    "attribute": {"origin": "igp", "local-preference": 100},
-                    "announce": {"ipv4 unicast": {str(PEER): [{"nlri": prefix}]}},
-                }
-            }
-        },
+def _update(prefix: str, origin: str = "igp", withdraw: tuple[str, ...] = ()) -> bytes:
+    update: dict[str, object] = {
+        "attribute": {"origin": origin, "local-preference": 100},
+        "announce": {"ipv4 unicast": {str(PEER): [{"nlri": prefix}]}},
+    }
+    if withdraw:
+        update["withdraw"] = {"ipv4 unicast": [{"nlri": w} for w in withdraw]}
+    return _line("update", {"message": {"update": update}})
+
+
+def _agent(tmp_path: Path) -> BgpAgent:
+    return BgpAgent(
+        BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
+        store_factory=FakeKVStore,
+        routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
     )
 
 
@@ -135,7 +140,7 @@ def test_event_that_fails_is_logged_and_the_reader_goes_on(
     def flaky(ev: object) -> None:
         if isinstance(ev, UpdateEvent):
             calls["n"] += 1
-            if calls["n"] == 1:
+            if calls["n"] == 1 and ev.announced[0].prefix == IPv4Network("10.1.0.0/26"):
                 raise RuntimeError("boom")
         real(ev)  # type: ignore[arg-type]
 
@@ -145,10 +150,19 @@ def test_event_that_fails_is_logged_and_the_reader_goes_on(
     async def feed() -> None:
         reader = asyncio.StreamReader()
         client = asyncio.create_task(agent._api_client(reader, _Writer()))  # type: ignore[arg-type]
-        reader.feed_data(_update("10.1.0.0/26") + _update("10.2.0.0/26"))
+        reader.feed_data(_update("10.3.0.0/26"))
         for _ in range(100):
             await asyncio.sleep(0.01)
             if agent.rib.count(PEER):
+                break
+        # the first UPDATE event fails inside the agent: what it named is withdrawn (10.3 had a
+        # path before: it must not keep it), the next one is applied
+        calls["n"] = 0
+        reader.feed_data(_update("10.1.0.0/26", withdraw=("10.3.0.0/26",)))
+        reader.feed_data(_update("10.2.0.0/26"))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if IPv4Network("10.2.0.0/26") in set(agent.rib.prefixes()):
                 break
         seen["prefixes"] = set(agent.rib.prefixes())
         reader.feed_eof()
@@ -158,3 +172,62 @@ def test_event_that_fails_is_logged_and_the_reader_goes_on(
     assert "bgp.api_event_failed" in caplog.text and "boom" in caplog.text
     assert agent.api_errors == 1
     assert seen["prefixes"] == {IPv4Network("10.2.0.0/26")}
+
+
+def test_unreadable_update_is_treated_as_withdraw(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An UPDATE that names known prefixes but carries an attribute we cannot read: those
+    prefixes are withdrawn (RFC 7606), not left with their previous path; others stay."""
+    agent = _agent(tmp_path)
+    seen: dict[str, object] = {}
+
+    async def feed() -> None:
+        reader = asyncio.StreamReader()
+        client = asyncio.create_task(agent._api_client(reader, _Writer()))  # type: ignore[arg-type]
+        for prefix in ("10.1.0.0/26", "10.2.0.0/26", "10.3.0.0/26"):
+            reader.feed_data(_update(prefix))
+        # re-announces 10.1 and withdraws 10.2, with an ORIGIN we do not know
+        reader.feed_data(_update("10.1.0.0/26", origin="bogus", withdraw=("10.2.0.0/26",)))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if agent.api_errors:
+                break
+        seen["prefixes"] = set(agent.rib.prefixes())
+        reader.feed_eof()
+        await client
+
+    asyncio.run(feed())
+    assert agent.api_errors == 1
+    assert "bgp.api_bad_line" in caplog.text and "withdrawn=2" in caplog.text
+    assert seen["prefixes"] == {IPv4Network("10.3.0.0/26")}
+
+
+def test_control_loop_runs_between_updates(tmp_path: Path) -> None:
+    """A burst of buffered UPDATEs does not starve the control loop: a task waiting for work
+    sees the RIB grow update by update, not only once the burst is parsed."""
+    agent = _agent(tmp_path)
+    counts: list[int] = []
+
+    async def feed() -> None:
+        async def control() -> None:
+            while True:
+                await agent._work.wait()
+                agent._work.clear()
+                counts.append(agent.rib.count(PEER))
+
+        watcher = asyncio.create_task(control())
+        await asyncio.sleep(0)
+        reader = asyncio.StreamReader()
+        client = asyncio.create_task(agent._api_client(reader, _Writer()))  # type: ignore[arg-type]
+        reader.feed_data(b"".join(_update(f"10.{i}.0.0/26") for i in range(1, 6)))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if agent.rib.count(PEER) == 5:
+                break
+        reader.feed_eof()
+        await client
+        watcher.cancel()
+
+    asyncio.run(feed())
+    assert [c for c in counts if c] == [1, 2, 3, 4, 5]

@@ -24,6 +24,7 @@ from bgp.exabgp_api import (
     announce_eor,
     announce_route,
     parse_line,
+    salvage_update,
     teardown,
     withdraw_route,
 )
@@ -284,3 +285,54 @@ def test_ack_tracker_on_captured_stream() -> None:
     assert t.pending == 0
     failed = [r.command for r in results if not r.ok]
     assert failed == ["neighbor 198.51.100.2 announce route nonsense"]
+
+
+def test_salvage_update_names_what_a_rejected_update_carried() -> None:
+    bad = _update(
+        {
+            "attribute": {"origin": "bogus"},
+            "announce": {
+                "ipv4 unicast": {
+                    "198.51.100.2": [{"nlri": "10.1.0.0/26"}, {"nlri": "not a prefix"}],
+                    "198.51.100.3": [{"nlri": "10.2.0.0/26"}],
+                },
+                "ipv6 unicast": {"2001:db8::1": [{"nlri": "2001:db8:1::/64"}]},
+            },
+            "withdraw": {"ipv4 unicast": [{"nlri": "10.3.0.0/26"}]},
+        }
+    )
+    with pytest.raises(ExabgpApiError):
+        parse_line(bad)
+    got = salvage_update(bad)
+    assert got is not None
+    peer, prefixes = got
+    assert peer == IPv4Address("198.51.100.2")
+    assert sorted(map(str, prefixes)) == ["10.1.0.0/26", "10.2.0.0/26", "10.3.0.0/26"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "not json",
+        '{"type": "update"}',
+        '{"type": "state", "neighbor": {"address": {"peer": "198.51.100.2"}}}',
+        '{"type": "update", "neighbor": {"address": {"peer": "nope"}, "message": {"update": {}}}}',
+        '{"type": "update", "neighbor": {"direction": "send", "address": {"peer": "198.51.100.2"},'
+        ' "message": {"update": {}}}}',
+    ],
+)
+def test_salvage_update_needs_a_received_update_from_a_known_peer(line: str) -> None:
+    assert salvage_update(line) is None
+
+
+def test_salvage_update_odd_shapes_give_what_can_be_read() -> None:
+    line = json.dumps(
+        {
+            "type": "update",
+            "neighbor": {
+                "address": {"peer": "198.51.100.2"},
+                "message": {"update": {"announce": ["x"], "withdraw": {"ipv4 unicast": 5}}},
+            },
+        }
+    )
+    assert salvage_update(line) == (IPv4Address("198.51.100.2"), ())

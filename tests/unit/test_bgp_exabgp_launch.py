@@ -83,5 +83,18 @@ def test_neighbor_match_prefilter_gives_the_original_answers() -> None:
             assert patched(d, n) is want, (d, n)
             answers.append(want)
     assert True in answers and False in answers  # both outcomes exercised
-    matched = limit.match_neighbors(names, [["neighbor 198.51.100.10"], ["peer-as 65001"]])
+    # match_neighbors (what ExaBGP's commands call) looks the function up in its module at call
+    # time, so the patched one is the one used
+    calls: list[str] = []
+
+    def counting(description: Any, name: str) -> bool:
+        calls.append(name)
+        return bool(patched(description, name))
+
+    limit.match_neighbor = counting
+    try:
+        matched = limit.match_neighbors(names, [["neighbor 198.51.100.10"], ["peer-as 65001"]])
+    finally:
+        limit.match_neighbor = patched
     assert matched == names[:2]
+    assert len(calls) == 6  # 3 names x 2 descriptions
