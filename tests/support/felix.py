@@ -2,7 +2,8 @@
 
 Topology (every namespace created by the test and deleted afterwards):
   outside (198.51.100.2/24) --eth0--eth0-- node (198.51.100.1/24, default via outside)
-  node --tbw<x>--eth0-- workload namespaces (10.65.0.N/32, default via 169.254.1.1)
+  node --tbw<x>--eth0-- workload namespaces (10.65.0.N/32, default via 169.254.1.1; with
+  ``ip6``: also an IPv6 /128, default via fe80::ecee:eeff:feee:eeee, as tabby's CNI plugin does)
 etcd runs on our loopback; a NamespaceBridge makes it reachable at 127.0.0.1:2379 inside the
 node namespace, where ``tabby-felix`` runs under ``ip netns exec`` as it would on a host.
 """
@@ -58,6 +59,12 @@ class Workload:
     namespace: str = "default"
     profiles: tuple[str, ...] = ()
     ports: tuple[dict[str, Any], ...] = ()
+    ip6: str | None = None  # an IPv6 address (a /128 in the WorkloadEndpoint), or None
+
+
+# The link-local address the host end of a workload veth gets from its MAC ee:ee:ee:ee:ee:ee:
+# the workload's IPv6 gateway (cni.netlink.GATEWAY_V6).
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
 
 
 @dataclass
@@ -99,7 +106,13 @@ class FelixBed:
         profiles: tuple[str, ...] = (),
         ports: tuple[dict[str, Any], ...] = (),
         write: bool = True,
+        ip6: str | None = None,
     ) -> Workload:
+        """A workload namespace wired to the node as tabby's CNI plugin does it.
+
+        ``ip6``: also an IPv6 address (``/128``, no DAD, as ``cni.netlink``) with the IPv6
+        default route via the host end's link-local address, and the ``/128`` in the endpoint's
+        ``ipNetworks``. The host side is left to felix (routes, sysctls, rules)."""
         wns = self.netns.new(name[:6])
         iface = f"tbw{name}"[:15]
         create_veth(self.node, iface, wns, "eth0", mac_a="ee:ee:ee:ee:ee:ee")
@@ -108,7 +121,10 @@ class FelixBed:
         set_link_up(wns, "eth0")
         ns_exec(wns, ["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])
         ns_exec(wns, ["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])
-        wl = Workload(name, wns, iface, ip, dict(labels or {}), namespace, profiles, ports)
+        if ip6 is not None:
+            ns_exec(wns, ["ip", "-6", "addr", "add", f"{ip6}/128", "dev", "eth0", "nodad"])
+            ns_exec(wns, ["ip", "-6", "route", "add", "::/0", "via", GATEWAY_V6, "dev", "eth0"])
+        wl = Workload(name, wns, iface, ip, dict(labels or {}), namespace, profiles, ports, ip6)
         self.workloads[name] = wl
         if write:
             self.put_workload(wl)
@@ -137,7 +153,7 @@ class FelixBed:
             "pod": wl.name,
             "endpoint": "eth0",
             "interfaceName": wl.iface,
-            "ipNetworks": [f"{wl.ip}/32"],
+            "ipNetworks": [f"{wl.ip}/32", *([f"{wl.ip6}/128"] if wl.ip6 else [])],
             "profiles": list(wl.profiles),
         }
         if wl.ports:
@@ -305,9 +321,14 @@ class FelixBed:
         self.procs.append(proc)
         return proc
 
-    def serve(self, ns: str, ports: Sequence[int]) -> subprocess.Popen[bytes]:
-        """TCP listeners on ``ports`` in ``ns``; each connection is answered with the peer IP."""
-        proc = self.spawn(ns, [sys.executable, "-c", _MULTI_LISTENER, *map(str, ports)])
+    def serve(
+        self, ns: str, ports: Sequence[int], *, ipv6: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """TCP listeners on ``ports`` in ``ns``; each connection is answered with the peer IP.
+
+        ``ipv6``: listen on ``::`` too (IPv6 only there, so IPv4 peers still show as IPv4)."""
+        flag = ["-6"] if ipv6 else []
+        proc = self.spawn(ns, [sys.executable, "-c", _MULTI_LISTENER, *flag, *map(str, ports)])
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
             raise AssertionError(f"listener in {ns} on {ports} did not start")
@@ -361,16 +382,29 @@ class FelixBed:
 
         if not wait_for(all_hold, timeout, 0.1):
             wrong = {n: last.get(n) for n, (_, w) in checks.items() if last.get(n) != w}
+            v6 = (
+                f"ip6tables:\n{self.ip6tables_save()[-4000:]}\n"
+                if any(wl.ip6 for wl in self.workloads.values())
+                else ""
+            )
             raise AssertionError(
                 f"not converged in {timeout}s, wrong (name: got): {wrong}\n"
-                f"iptables:\n{self.iptables_save()[-4000:]}\nfelix log:\n{self.felix_log()}"
+                f"iptables:\n{self.iptables_save()[-4000:]}\n{v6}felix log:\n{self.felix_log()}"
             )
 
     def iptables_save(self) -> str:
         return ns_exec(self.node, ["iptables-save"])
 
+    def ip6tables_save(self) -> str:
+        return ns_exec(self.node, ["ip6tables-save"])
+
     def routes(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = json.loads(ns_exec(self.node, ["ip", "-j", "route"]))
+        return out
+
+    def routes6(self) -> list[dict[str, Any]]:
+        """The node namespace's IPv6 main table (``ip -j -6 route``)."""
+        out: list[dict[str, Any]] = json.loads(ns_exec(self.node, ["ip", "-j", "-6", "route"]))
         return out
 
 
@@ -395,9 +429,15 @@ except OSError as e:
 _MULTI_LISTENER = """
 import selectors, socket, sys
 sel = selectors.DefaultSelector()
-for port in sys.argv[1:]:
+args = sys.argv[1:]
+v6 = args[:1] == ["-6"]
+for port in args[1:] if v6 else args:
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", int(port))); s.listen(64); sel.register(s, selectors.EVENT_READ)
+    if v6:
+        s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind(("::", int(port))); s.listen(64); sel.register(s, selectors.EVENT_READ)
 print("ready", flush=True)
 while True:
     for key, _ in sel.select():
