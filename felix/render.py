@@ -57,6 +57,9 @@ PREFIX = "tby-"
 LOG_PREFIX = "tabby-packet: "
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp", 136: "udplite"}
 MULTIPORT_MAX = 15
+# ICMPv6 that IPv6 needs on every link (RFC 4890 4.4.1): MLD query, report, done, MLDv2 report;
+# router solicitation and advertisement, neighbour solicitation and advertisement.
+ND_MLD_ICMPV6_TYPES = (130, 131, 132, 133, 134, 135, 136, 143)
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,14 +515,23 @@ def render_filter(
         b.add(f"{PREFIX}failsafe-in", _failsafe(cfg.failsafe_in, v, "in"))
         b.add(f"{PREFIX}failsafe-out", _failsafe(cfg.failsafe_out, v, "out"))
 
+    # Untracked packets are accepted only when our own doNotTrack policy let them through (the
+    # raw table marked them): a packet someone else exempted from conntrack still meets policy.
     ct = [
         Rule("-m conntrack --ctstate INVALID", "-j DROP"),
         Rule("-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT"),
-        Rule("-m conntrack --ctstate UNTRACKED", "-j ACCEPT"),
+        Rule(f"-m conntrack --ctstate UNTRACKED -m mark --mark {acc}/{acc}", "-j ACCEPT"),
     ]
+    # IPv6 cannot work without neighbour discovery and MLD (RFC 4890 4.4.1: must not be
+    # dropped), and conntrack does not track them: accepted explicitly, to and from the host.
+    nd = (
+        [Rule(f"-p ipv6-icmp -m icmp6 --icmpv6-type {t}", "-j ACCEPT") for t in ND_MLD_ICMPV6_TYPES]
+        if v == 6
+        else []
+    )
     clear = Rule("", f"-j MARK --set-xmark 0x0/{both}")
     accepted = Rule(f"-m mark --mark {acc}/{acc}", "-j ACCEPT")
-    inp = [*ct, Rule(f"-i {wl}", f"-g {PREFIX}wl-to-host")]
+    inp = [*ct, *nd, Rule(f"-i {wl}", f"-g {PREFIX}wl-to-host")]
     if v == 4 and ipip_enabled(state.pools.values()):
         # First, before conntrack: an IP-in-IP packet from a host that is not a node of the
         # cluster is dropped even if it matches an existing (e.g. pre-removal) flow.
@@ -549,6 +561,7 @@ def render_filter(
 
     out = [
         *ct,
+        *nd,
         clear,
         Rule(f"-o {wl}", f"-j {PREFIX}to-wl-dispatch"),
         Rule(f"-o {wl}", "-j ACCEPT"),
