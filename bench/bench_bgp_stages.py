@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# tabby-bgp receive path per route, stage by stage",
         "",
         "`.venv/bin/python -m bench.bench_bgp_stages"
-        + "".join(f" {a}" for a in (argv if argv is not None else []))
+        + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
         + "`",
         f"— {platform.node()} ({os.cpu_count()} CPUs), "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC, load average at start {load}. "
