@@ -89,8 +89,8 @@ def check_stored_consistency(dump: dict[str, Any]) -> dict[str, int]:
             assert aff == {"state": "confirmed", "deleted": False}
     handles = {k[len(ROOT + "handle/") :]: v for k, v in dump.items() if "/handle/" in k}
     from_blocks: dict[str, dict[str, int]] = {}
-    for (h, cidr), n in per_handle.items():
-        from_blocks.setdefault(h, {})[cidr] = n
+    for (h, block_cidr), n in per_handle.items():
+        from_blocks.setdefault(h, {})[block_cidr] = n
     assert {h: v["block"] for h, v in handles.items()} == from_blocks
     return {h: sum(v.values()) for h, v in from_blocks.items()}
 

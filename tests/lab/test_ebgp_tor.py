@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from ipaddress import IPv4Network
 from typing import Any
 
@@ -50,6 +51,10 @@ def _best_next_hops(lab: Lab, tor: str) -> dict[str, str]:
             if p.get("bestpath"):
                 out[prefix] = p["nexthops"][0]["ip"]
     return out
+
+
+def _best_next_hops_are(lab: Lab, tor: str, want: dict[str, str]) -> bool:
+    return _best_next_hops(lab, tor) == want
 
 
 def _defaults(lab: Lab, node: str) -> list[dict[str, Any]]:
@@ -99,7 +104,7 @@ def test_ebgp_to_tor_routers(
         want = {
             b: lab.node_ip(n) if rack[n] == k else tor_transit[1 - k] for b, n in blocks.items()
         }
-        wait_for(lambda k=k, w=want: _best_next_hops(lab, f"tor{k}") == w, 30, f"tor{k}'s table")
+        wait_for(partial(_best_next_hops_are, lab, f"tor{k}", want), 30, f"tor{k}'s table")
         prefixes = set(_bgp_prefixes(lab, f"tor{k}"))
         assert prefixes == set(blocks), prefixes  # no default, no 198.51.100.x, no /32
         assert all(IPv4Network(p).subnet_of(POOL) and p.endswith("/26") for p in prefixes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -30,6 +31,11 @@ def _set_export(lab: Lab, pool: dict[str, Any], disabled: bool) -> None:
     lab.tabbyctl("replace", "-f", "-", input_text=json.dumps(pool))
 
 
+def _session_down(lab: Lab, node: str, peer: str) -> bool:
+    state: str = lab.peers_of(node)[peer]["state"]
+    return state != "established"
+
+
 def test_peer_added_while_a_neighbour_is_down(
     make_lab: Callable[[str], Lab], routing_daemons: None
 ) -> None:
@@ -42,9 +48,7 @@ def test_peer_added_while_a_neighbour_is_down(
 
     lab.agent("stop", n1, "tabby-bgp")
     for n in (n2, n3):
-        wait_for(
-            lambda n=n: lab.peers_of(n)[ip1]["state"] != "established", 20, f"{n} to lose {n1}"
-        )
+        wait_for(partial(_session_down, lab, n, ip1), 20, f"{n} to lose {n1}")
 
     pools = json.loads(lab.tabbyctl("get", "ippool", "-o", "json"))["items"]
     assert len(pools) == 1

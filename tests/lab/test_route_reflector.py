@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,10 @@ def has_routes(lab: Lab, node: str, want: dict[str, str]) -> bool:
     return all(got.get(p) == gw for p, gw in want.items())
 
 
+def lacks_route(lab: Lab, node: str, prefix: str) -> bool:
+    return prefix not in lab.bgp_routes(node)
+
+
 def others(want: dict[str, str], node_ip: str) -> dict[str, str]:
     return {p: gw for p, gw in want.items() if gw != node_ip}
 
@@ -134,6 +139,16 @@ def kernel_unicast(lab: Lab, target: str) -> dict[str, str]:
     }
 
 
+def kernel_has(lab: Lab, target: str, want: dict[str, str]) -> bool:
+    return all(kernel_unicast(lab, target).get(p) == g for p, g in want.items())
+
+
+def learned_exactly(
+    reader: Callable[[Lab, str], dict[str, str]], lab: Lab, name: str, want: dict[str, str]
+) -> bool:
+    return reader(lab, name) == want
+
+
 # ------------------------------------------------------------------------------ tests
 
 
@@ -149,7 +164,7 @@ def test_tabby_reflector_serves_tabby_clients_and_a_dedicated_reflector(
     apply(lab, MESH_OFF)
     rr_ip = lab.node_ip(rr)
     for c in clients:
-        wait_for(lambda c=c: established_exactly(lab, c, {rr_ip}), 60, f"{c}: only the RR")
+        wait_for(partial(established_exactly, lab, c, {rr_ip}), 60, f"{c}: only the RR")
     wait_for(
         lambda: established_exactly(lab, rr, {lab.node_ip(c) for c in clients}),
         60,
@@ -157,7 +172,7 @@ def test_tabby_reflector_serves_tabby_clients_and_a_dedicated_reflector(
     )
     want = blocks(lab, lab.nodes)
     for n in lab.nodes:
-        wait_for(lambda n=n: has_routes(lab, n, others(want, lab.node_ip(n))), 30, f"{n} routes")
+        wait_for(partial(has_routes, lab, n, others(want, lab.node_ip(n))), 30, f"{n} routes")
         assert len(lab.bgp_routes(n)) == len(want) - 1, lab.bgp_routes(n)
     matrix = lab.check()
     assert matrix.exit_code == 0, matrix.text
@@ -199,11 +214,11 @@ def test_tabby_reflector_serves_tabby_clients_and_a_dedicated_reflector(
         )
         wait_for(lambda: lab.bgp_routes(rr) == {}, 30, "the dedicated RR to remove its routes")
         for c in clients:
-            wait_for(
-                lambda c=c: has_routes(lab, c, others(blocks(lab, clients), lab.node_ip(c))),
-                30,
-                f"{c}: client routes via the dedicated RR",
-            )
+
+            def client_routes(c: str = c) -> bool:
+                return has_routes(lab, c, others(blocks(lab, clients), lab.node_ip(c)))
+
+            wait_for(client_routes, 30, f"{c}: client routes via the dedicated RR")
         assert lab.node_status(rr)["dedicatedReflector"] is True
         a, b = clients[0], clients[1]
         res = lab.exec(
@@ -248,16 +263,12 @@ def test_bird_and_frr_are_clients_of_a_tabby_reflector(
     # BIRD and FRR learn everything else (the client's block only through the reflector)
     for name, reader, own in (("bird1", bird_routes, bird_ip), ("frr1", frr_routes, frr_ip)):
         want = others(everything, own)
-        wait_for(lambda r=reader, n=name, w=want: r(lab, n) == w, 60, f"{name} learns all")
-        wait_for(
-            lambda n=name, w=want: all(kernel_unicast(lab, n).get(p) == g for p, g in w.items()),
-            30,
-            f"{name}'s kernel",
-        )
+        wait_for(partial(learned_exactly, reader, lab, name, want), 60, f"{name} learns all")
+        wait_for(partial(kernel_has, lab, name, want), 30, f"{name}'s kernel")
     # we learn theirs: the client only through the reflector, next hop kept
     for n in lab.nodes:
         want = others(everything, lab.node_ip(n))
-        wait_for(lambda n=n, w=want: has_routes(lab, n, w), 30, f"{n} learns all")
+        wait_for(partial(has_routes, lab, n, want), 30, f"{n} learns all")
     assert sessions(lab, client)[rr_ip]["prefixesReceived"] == 3
     for n in lab.nodes:
         wl = lab.workload_of(n)
@@ -304,11 +315,11 @@ def test_tabby_clients_of_a_bird_reflector(
     apply(lab, RECIPE)
     apply(lab, MESH_OFF)
     for n in lab.nodes:
-        wait_for(lambda n=n: established_exactly(lab, n, {bird_ip}), 60, f"{n}: only BIRD")
+        wait_for(partial(established_exactly, lab, n, {bird_ip}), 60, f"{n}: only BIRD")
         assert sessions(lab, n)[bird_ip]["rrRole"] == "reflector"
     want = {**blocks(lab, lab.nodes), bird["originate"]: bird_ip}
     for n in lab.nodes:
-        wait_for(lambda n=n: has_routes(lab, n, others(want, lab.node_ip(n))), 30, f"{n} via BIRD")
+        wait_for(partial(has_routes, lab, n, others(want, lab.node_ip(n))), 30, f"{n} via BIRD")
     matrix = lab.check()
     assert matrix.exit_code == 0, matrix.text
 
@@ -326,10 +337,10 @@ def test_two_reflectors_one_cluster_one_stopped_under_traffic(
     apply(lab, MESH_OFF)
     rr_ips = {lab.node_ip(rr1), lab.node_ip(rr2)}
     for c in (c1, c2):
-        wait_for(lambda c=c: established_exactly(lab, c, rr_ips), 60, f"{c}: both RRs")
+        wait_for(partial(established_exactly, lab, c, rr_ips), 60, f"{c}: both RRs")
     want = blocks(lab, lab.nodes)
     for n in lab.nodes:
-        wait_for(lambda n=n: has_routes(lab, n, others(want, lab.node_ip(n))), 30, f"{n} routes")
+        wait_for(partial(has_routes, lab, n, others(want, lab.node_ip(n))), 30, f"{n} routes")
     # each client learns every route from both reflectors, and installs it once (one next hop)
     for c in (c1, c2):
         for p in sessions(lab, c).values():
@@ -354,7 +365,7 @@ def test_two_reflectors_one_cluster_one_stopped_under_traffic(
     time.sleep(4.0)
     lab.agent("start", rr1, "tabby-bgp")
     for c in (c1, c2):
-        wait_for(lambda c=c: established_exactly(lab, c, rr_ips), 60, f"{c}: both RRs again")
+        wait_for(partial(established_exactly, lab, c, rr_ips), 60, f"{c}: both RRs again")
     time.sleep(3.0)
     stats = parse_ping(background.stop(ping))
     changes = {n: background.stop(m).strip() for n, m in monitors.items()}
@@ -376,10 +387,10 @@ def test_reflectors_of_different_clusters_do_not_loop(
     apply(lab, MESH_OFF)
     rr_ips = {lab.node_ip(rr1), lab.node_ip(rr2)}
     for c in (c1, c2):
-        wait_for(lambda c=c: established_exactly(lab, c, rr_ips), 60, f"{c}: both RRs")
+        wait_for(partial(established_exactly, lab, c, rr_ips), 60, f"{c}: both RRs")
     want = blocks(lab, lab.nodes)
     for n in lab.nodes:
-        wait_for(lambda n=n: has_routes(lab, n, others(want, lab.node_ip(n))), 30, f"{n} routes")
+        wait_for(partial(has_routes, lab, n, others(want, lab.node_ip(n))), 30, f"{n} routes")
     # Calico's rule: a reflector with another cluster ID is a client of ours
     assert sessions(lab, rr1)[lab.node_ip(rr2)]["rrRole"] == "rr-client"
 
@@ -389,11 +400,11 @@ def test_reflectors_of_different_clusters_do_not_loop(
     bird = lab.peer_add("bird1", "bird")
     bird_ip, prefix = bird["address"].split("/")[0], bird["originate"]
     for n in lab.nodes:
-        wait_for(lambda n=n: lab.bgp_routes(n).get(prefix) == bird_ip, 60, f"{n}: BIRD's route")
+        wait_for(partial(has_routes, lab, n, {prefix: bird_ip}), 60, f"{n}: BIRD's route")
     lab.run("peer", "del", "bird1")
     t0 = time.monotonic()
     for n in lab.nodes:
-        wait_for(lambda n=n: prefix not in lab.bgp_routes(n), 30, f"{n}: BIRD's route gone")
+        wait_for(partial(lacks_route, lab, n, prefix), 30, f"{n}: BIRD's route gone")
     gone = time.monotonic() - t0
     time.sleep(3.0)
     churn = {n: background.stop(m) for n, m in monitors.items()}
@@ -445,7 +456,7 @@ def test_migration_from_full_mesh_to_reflector_under_traffic(
     apply(lab, RECIPE)  # step 2: clients peer with the reflector
     for c in (c1, c2):
         wait_for(
-            lambda c=c: established_exactly(lab, c, {rr_ip, lab.node_ip(({c1, c2} - {c}).pop())}),
+            partial(established_exactly, lab, c, {rr_ip, lab.node_ip(({c1, c2} - {c}).pop())}),
             60,
             f"step 2 on {c}",
         )
@@ -453,7 +464,7 @@ def test_migration_from_full_mesh_to_reflector_under_traffic(
     time.sleep(2.0)
     apply(lab, MESH_OFF)  # step 3: the mesh goes away
     for c in (c1, c2):
-        wait_for(lambda c=c: established_exactly(lab, c, {rr_ip}), 60, f"step 3 on {c}")
+        wait_for(partial(established_exactly, lab, c, {rr_ip}), 60, f"step 3 on {c}")
     steps.append(("mesh off", time.monotonic() - t0))
     time.sleep(3.0)
     clients = parse_ping(background.stop(clients_ping))

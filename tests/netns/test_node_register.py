@@ -183,6 +183,7 @@ def test_agent_registers_at_start(host: str, etcd_endpoint: str, tmp_path: Path)
         stdin=subprocess.DEVNULL,
     )
     try:
+        assert proc.stderr is not None  # stderr=PIPE
         deadline = time.monotonic() + 30
         doc = None
         while doc is None and time.monotonic() < deadline and proc.poll() is None:

@@ -14,7 +14,7 @@ import pytest
 from bgp.agent import BgpAgent, BgpSettings, PeerStatus
 from bgp.exabgp_api import UpdateEvent
 from bgp.model import PeerSpec
-from datastore.fake import FakeKVStore
+from datastore.fake import FakeEtcd
 from kernel.routes import FakeRouteBackend, RouteTable
 
 PEER = IPv4Address("198.51.100.2")
@@ -47,7 +47,7 @@ def _update(prefix: str, origin: str = "igp", withdraw: tuple[str, ...] = ()) ->
 def _agent(tmp_path: Path) -> BgpAgent:
     return BgpAgent(
         BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeKVStore,
+        store_factory=FakeEtcd().connect,
         routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
     )
 
@@ -73,7 +73,7 @@ def test_unreadable_line_is_skipped_and_counted(
 ) -> None:
     agent = BgpAgent(
         BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeKVStore,
+        store_factory=FakeEtcd().connect,
         routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
     )
     spec = PeerSpec(
@@ -131,7 +131,7 @@ def test_event_that_fails_is_logged_and_the_reader_goes_on(
 ) -> None:
     agent = BgpAgent(
         BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeKVStore,
+        store_factory=FakeEtcd().connect,
         routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
     )
     real = agent._on_event

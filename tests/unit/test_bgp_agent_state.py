@@ -14,7 +14,7 @@ from bgp.agent import BgpAgent, BgpSettings, PeerStatus
 from bgp.model import Path as RibPath
 from bgp.model import PeerSpec
 from datastore.codec import encode, resource_from_dict
-from datastore.fake import FakeKVStore
+from datastore.fake import FakeEtcd
 from datastore.keys import resource_key
 from datastore.syncer import Update
 from kernel.routes import FakeRouteBackend, Route, RouteTable
@@ -27,7 +27,7 @@ API = "projectcalico.org/v3"
 def _agent(tmp_path: Path) -> BgpAgent:
     return BgpAgent(
         BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeKVStore,
+        store_factory=FakeEtcd().connect,
         routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
     )
 

@@ -13,6 +13,7 @@ from bgp.reflect import (
     AdjRibOut,
     Announce,
     AnnounceAll,
+    Command,
     PeerRole,
     ReflectContext,
     ReflectedRoute,
@@ -51,6 +52,15 @@ def path(peer: IPv4Address, **kw: object) -> Path:
     args: dict[str, object] = {"next_hop": peer, "peer": peer, "router_id": peer}
     args.update(kw)
     return Path(**args)  # type: ignore[arg-type]
+
+
+def targeted(cmds: list[Command]) -> list[Announce | Withdraw]:
+    """``cmds``, each checked to be a per-neighbour command (no ``everyone`` plan was given)."""
+    out: list[Announce | Withdraw] = []
+    for c in cmds:
+        assert isinstance(c, Announce | Withdraw), c
+        out.append(c)
+    return out
 
 
 # ------------------------------------------------------------------------------ targets
@@ -147,11 +157,11 @@ def test_sync_sends_only_differences_and_withdraws() -> None:
     assert out.sync_prefix(P, plan_prefix(P, path(C1), c), [C2, C3, RR2]) == []  # no change
     # the best path moves to C2: C1 now gets it, C2 must lose it (it is the source now)
     moved = out.sync_prefix(P, plan_prefix(P, path(C2), c), [C1, C2, C3, RR2])
-    kinds = {(type(x).__name__, x.neighbor) for x in moved}
+    kinds = {(type(x).__name__, x.neighbor) for x in targeted(moved)}
     assert kinds == {("Announce", C1), ("Withdraw", C2), ("Announce", C3), ("Announce", RR2)}
     # the prefix goes away: withdrawn everywhere it was sent
     gone = out.sync_prefix(P, {}, [C1, C2, C3, RR2])
-    assert {x.neighbor for x in gone} == {C1, C3, RR2}
+    assert {x.neighbor for x in targeted(gone)} == {C1, C3, RR2}
     assert all(isinstance(x, Withdraw) for x in gone)
     assert out.prefixes() == set()
 
@@ -164,7 +174,7 @@ def test_down_neighbours_are_skipped_and_resynced_when_back() -> None:
     out.sync_prefix(q, plan_prefix(q, path(C1), c), [C2, C3, RR2])
     # C3 goes down; meanwhile q disappears (no command for C3: it is not established)
     cmds = out.sync_prefix(q, {}, [C2, RR2])
-    assert {x.neighbor for x in cmds} == {C2, RR2}
+    assert {x.neighbor for x in targeted(cmds)} == {C2, RR2}
     assert set(out.sent(C3)) == {P, q}
     # C3 comes back: everything it should have again, and a withdrawal of q
     back = out.resync(C3, {P: plan_prefix(P, path(C1), c)[C3]})

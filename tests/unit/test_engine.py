@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from policy.engine import (
+    Direction,
     EngineError,
     Packet,
     PeerInfo,
@@ -166,7 +167,7 @@ class MatchCase:
     rule: dict[str, Any]
     packet: Packet
     matches: bool
-    direction: str = "ingress"
+    direction: Direction = "ingress"
     namespace: str | None = None
 
 
@@ -180,7 +181,10 @@ MATCH_CASES = [
     MatchCase("protocol TCP", {"protocol": "TCP"}, tcp(CLIENT_A, WEB), True),
     MatchCase("protocol UDP vs TCP", {"protocol": "UDP"}, tcp(CLIENT_A, WEB), False),
     MatchCase(
-        "protocol number", {"protocol": 47}, Packet(*map(ip_address, (CLIENT_A, WEB)), GRE), True
+        "protocol number",
+        {"protocol": 47},
+        Packet(ip_address(CLIENT_A), ip_address(WEB), GRE),
+        True,
     ),
     MatchCase("notProtocol TCP vs TCP", {"notProtocol": "TCP"}, tcp(CLIENT_A, WEB), False),
     MatchCase("notProtocol UDP vs TCP", {"notProtocol": "UDP"}, tcp(CLIENT_A, WEB), True),
@@ -635,10 +639,12 @@ MATCH_CASES = [
 
 @pytest.mark.parametrize("case", MATCH_CASES, ids=[c.id for c in MATCH_CASES])
 def test_rule_fields(case: MatchCase) -> None:
-    p = policy(
-        "p", namespace=case.namespace, **{case.direction: [{"action": "Allow", **case.rule}]}
-    )
-    v = evaluate(case.direction, case.packet, [p], TIERS, [], RESOLVER)  # type: ignore[arg-type]
+    rules = [{"action": "Allow", **case.rule}]
+    if case.direction == "ingress":
+        p = policy("p", namespace=case.namespace, ingress=rules)
+    else:
+        p = policy("p", namespace=case.namespace, egress=rules)
+    v = evaluate(case.direction, case.packet, [p], TIERS, [], RESOLVER)
     assert decided(v) == (ALLOW_P0 if case.matches else EOT_DEFAULT)
     assert rule_matches(rule(case.rule), case.packet, RESOLVER, case.namespace) is case.matches
 
@@ -653,7 +659,7 @@ class FlowCase:
     expected: tuple[str, str, str | None, str | None, int | None, str | None]
     profiles: list[ProfileView] | None = None
     tiers: dict[str, TierView] | None = None
-    direction: str = "ingress"
+    direction: Direction = "ingress"
     packet: Packet = field(default_factory=lambda: tcp(CLIENT_A, WEB))
 
 
@@ -863,7 +869,7 @@ FLOW_CASES = [
 @pytest.mark.parametrize("case", FLOW_CASES, ids=[c.id for c in FLOW_CASES])
 def test_tiers_policies_profiles(case: FlowCase) -> None:
     v = evaluate(
-        case.direction,  # type: ignore[arg-type]
+        case.direction,
         case.packet,
         case.policies,
         case.tiers or TIERS,

@@ -215,14 +215,15 @@ EMPTY = World()
 
 
 def _setter(calc: Calculator, kind: str) -> Callable[[str, Any], None]:
-    return {
+    setters: dict[str, Callable[[str, Any], None]] = {
         "endpoints": calc.set_endpoint,
         "policies": calc.set_policy,
         "profiles": calc.set_profile,
         "tiers": calc.set_tier,
         "netsets": calc.set_network_set,
         "pools": calc.set_pool,
-    }[kind]
+    }
+    return setters[kind]
 
 
 def feed(
@@ -367,8 +368,8 @@ def naive(w: World, host: str = HOST) -> DesiredState:
         for r in (*pol.ingress, *pol.egress):
             for sd in rule_sets(r, pol.namespace).all():
                 defs[sd.id] = sd
-    for p in active_profiles.values():
-        for r in (*p.ingress, *p.egress):
+    for prof in active_profiles.values():
+        for r in (*prof.ingress, *prof.egress):
             for sd in rule_sets(r, None).all():
                 defs[sd.id] = sd
     sets = {sid: SetState(sd, *naive_members(w, sd)) for sid, sd in defs.items()}

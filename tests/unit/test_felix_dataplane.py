@@ -102,7 +102,9 @@ def bed(monkeypatch: pytest.MonkeyPatch) -> Bed:
     ipsets = FakeIpsetBackend()
     ipt = {v: FakeIptablesBackend(set_exists=ipsets.exists) for v in (4, 6)}
     ipsets.references = lambda name: ipt[4].set_references(name) + ipt[6].set_references(name)
-    tables = {(t, v): IptablesTable(t, v, backend=ipt[v]) for t in TABLES for v in (4, 6)}
+    tables: dict[tuple[str, int], IptablesTable] = {
+        (t, v): IptablesTable(t, v, backend=ipt[v]) for t in TABLES for v in (4, 6)
+    }
     routes = {v: FakeRouteBackend(["tbw1", "tbw2", "eth0"]) for v in (4, 6)}
     sysctls = FakeSysctls()
     ct = FakeConntrack()
@@ -128,8 +130,8 @@ def wep(name: str, iface: str, ips: tuple[str, ...], **labels: str) -> Endpoint:
         name=name,
         namespace="ns1",
         iface=iface,
-        ipv4=tuple(n for n in nets if n.version == 4),  # type: ignore[misc]
-        ipv6=tuple(n for n in nets if n.version == 6),  # type: ignore[misc]
+        ipv4=tuple(n for n in nets if n.version == 4),
+        ipv6=tuple(n for n in nets if n.version == 6),
         labels=FrozenLabels({**labels, NAMESPACE_LABEL: "ns1"}),
     )
 

@@ -46,6 +46,7 @@ from felix.render import (
     MASQ_SET,
     FailsafePort,
     IpSetRender,
+    IpVersion,
     RenderConfig,
     TableRender,
     endpoint_chain,
@@ -114,7 +115,7 @@ def hep(name: str, iface: str = "eth0", labels: Mapping[str, str] | None = None)
         name=name,
         namespace=None,
         iface=iface,
-        ipv4=(ip_network("198.51.100.1/32"),),
+        ipv4=(IPv4Network("198.51.100.1/32"),),
         labels=FrozenLabels(labels or {}),
     )
 
@@ -235,7 +236,7 @@ def test_workload_dispatch_anti_spoof_and_unknown_interface_drop() -> None:
 
 
 def _fields(ep: Endpoint) -> dict[str, Any]:
-    return {f: getattr(ep, f) for f in Endpoint.__slots__}  # type: ignore[attr-defined]
+    return {f: getattr(ep, f) for f in Endpoint.__slots__}
 
 
 def test_no_workloads_still_drops_unknown_interfaces() -> None:
@@ -698,7 +699,14 @@ def test_interpreter_on_a_hand_written_case() -> None:
         ),
     )
     src, dst = ip_address("10.70.0.5"), ip_address("10.65.0.1")
-    base = {"src": src, "dst": dst, "proto": 6, "sport": 999, "iif": "eth0", "oif": "tbw1"}
+    base: dict[str, Any] = {
+        "src": src,
+        "dst": dst,
+        "proto": 6,
+        "sport": 999,
+        "iif": "eth0",
+        "oif": "tbw1",
+    }
     assert forward_verdict(st_, Pkt(**base, dport=80), 4) == "ACCEPT"
     assert forward_verdict(st_, Pkt(**base, dport=22), 4) == "DROP"
     other = {**base, "src": ip_address("10.71.0.5")}
@@ -706,7 +714,15 @@ def test_interpreter_on_a_hand_written_case() -> None:
     # Unknown workload interface: dropped whatever the policy.
     assert forward_verdict(st_, Pkt(**{**base, "oif": "tbw9"}, dport=80), 4) == "DROP"
     # Egress from w1: no egress policy and no profile: dropped; spoofed source: dropped.
-    out = {"src": dst, "dst": src, "proto": 6, "sport": 1, "dport": 2, "iif": "tbw1", "oif": "eth0"}
+    out: dict[str, Any] = {
+        "src": dst,
+        "dst": src,
+        "proto": 6,
+        "sport": 1,
+        "dport": 2,
+        "iif": "tbw1",
+        "oif": "eth0",
+    }
     assert forward_verdict(st_, Pkt(**out), 4) == "DROP"
     # Non-workload traffic is not ours to judge.
     assert forward_verdict(st_, Pkt(**{**out, "iif": "eth1"}), 4) == "ACCEPT"
@@ -919,11 +935,12 @@ def _packets(
     return ep, Pkt(src, dst, p, icmp_type=itype, icmp_code=icode, iif=iif, oif=oif)
 
 
+_IP_VERSIONS: list[IpVersion] = [4, 6]
 _PACKETS = st.tuples(
     st.sampled_from([6, 17, 1]),
     st.sampled_from(_PORTS),
     st.sampled_from([(8, 0), (0, 0)]),
-    st.sampled_from([4, 6]),
+    st.sampled_from(_IP_VERSIONS),
 )
 
 
@@ -934,7 +951,7 @@ _PACKETS = st.tuples(
 )
 @given(scen=_scenario(), pkts=st.lists(_PACKETS, min_size=1, max_size=4))
 def test_rendered_iptables_agree_with_policy_engine(
-    scen: Scenario, pkts: list[tuple[int, int, tuple[int, int], int]]
+    scen: Scenario, pkts: list[tuple[int, int, tuple[int, int], IpVersion]]
 ) -> None:
     calc = Calculator(HOST)
     for it in scen.items:

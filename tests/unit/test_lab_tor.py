@@ -50,7 +50,7 @@ def test_bgpd_config_peers_rack_nodes_and_other_tors(tmp_path: Path) -> None:
 
 def test_resources_mesh_off_as_per_node_peer_per_rack() -> None:
     topo = plan(LabSpec("t", nodes=4, subnets=2, tor="frr"))
-    base = [
+    base: list[dict[str, Any]] = [
         {
             "apiVersion": "projectcalico.org/v3",
             "kind": "BGPConfiguration",

@@ -205,7 +205,7 @@ def test_concurrent_update_is_not_overwritten(etcd: FakeEtcd) -> None:
             {"a": "1", "b": "2"},
         )
 
-    client = ResourceClient(RacingStore(etcd, other_writer))  # type: ignore[arg-type]
+    client = ResourceClient(RacingStore(etcd, other_writer))
     result = register_node(client, reg("198.51.100.13/24"))
     assert result.action == "updated"
     doc = stored(etcd)
@@ -218,7 +218,7 @@ def test_concurrent_create_becomes_an_update(etcd: FakeEtcd) -> None:
     def other_writer() -> None:
         put_node(etcd, "node1", {"bgp": {"asNumber": 65009}}, {"x": "y"})
 
-    client = ResourceClient(RacingStore(etcd, other_writer))  # type: ignore[arg-type]
+    client = ResourceClient(RacingStore(etcd, other_writer))
     result = register_node(client, reg("198.51.100.11/24"))
     assert result.action == "updated"
     doc = stored(etcd)
