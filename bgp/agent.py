@@ -116,6 +116,11 @@ class PeerStatus:
     rejected: int = 0  # received routes dropped by the RFC 4456 loop checks
 
 
+# The API reader lets the control loop run (route computation, kernel writes) after this many
+# prefixes of buffered UPDATEs (see BgpAgent._api_client).
+YIELD_AFTER_PREFIXES = 500
+
+
 class BgpAgent:
     def __init__(
         self,
@@ -342,6 +347,7 @@ class BgpAgent:
         log.info("bgp.api_connected neighbours_known=%d", len(self._confirmed))
         self._work.set()
         try:
+            unyielded = 0  # prefixes read since the control loop last had a turn
             while True:
                 line = await reader.readline()
                 if not line:
@@ -377,7 +383,13 @@ class BgpAgent:
                     # readline() does not yield while ExaBGP's lines are buffered: without
                     # this, a table load is parsed whole before the first route is computed
                     # and written (the kernel writes would start only after the last UPDATE).
-                    await asyncio.sleep(0)
+                    # Every YIELD_AFTER_PREFIXES, not after each UPDATE: a reflector's burst of
+                    # one-prefix UPDATEs would otherwise cost a control pass each (measured:
+                    # +280 ms of agent CPU with 200 clients).
+                    unyielded += len(ev.announced) + len(ev.withdrawn)
+                    if unyielded >= YIELD_AFTER_PREFIXES:
+                        unyielded = 0
+                        await asyncio.sleep(0)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bgp.agent import BgpAgent, BgpSettings, PeerStatus
+from bgp.agent import YIELD_AFTER_PREFIXES, BgpAgent, BgpSettings, PeerStatus
 from bgp.exabgp_api import UpdateEvent
 from bgp.model import PeerSpec
 from datastore.fake import FakeEtcd
@@ -203,9 +203,19 @@ def test_unreadable_update_is_treated_as_withdraw(
     assert seen["prefixes"] == {IPv4Network("10.3.0.0/26")}
 
 
-def test_control_loop_runs_between_updates(tmp_path: Path) -> None:
-    """A burst of buffered UPDATEs does not starve the control loop: a task waiting for work
-    sees the RIB grow update by update, not only once the burst is parsed."""
+def _many(first: int, n: int) -> bytes:
+    """One UPDATE announcing ``n`` /26s, the ``first``-th /26 of 10.64.0.0/10 onwards."""
+    base = int(IPv4Address("10.64.0.0"))
+    nlri = [{"nlri": f"{IPv4Address(base + 64 * (first + i))}/26"} for i in range(n)]
+    update = {
+        "attribute": {"origin": "igp", "local-preference": 100},
+        "announce": {"ipv4 unicast": {str(PEER): nlri}},
+    }
+    return _line("update", {"message": {"update": update}})
+
+
+def _passes(tmp_path: Path, burst: bytes, total: int) -> list[int]:
+    """RIB sizes a waiting control task sees while ``burst`` (buffered at once) is read."""
     agent = _agent(tmp_path)
     counts: list[int] = []
 
@@ -220,14 +230,28 @@ def test_control_loop_runs_between_updates(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         reader = asyncio.StreamReader()
         client = asyncio.create_task(agent._api_client(reader, _Writer()))  # type: ignore[arg-type]
-        reader.feed_data(b"".join(_update(f"10.{i}.0.0/26") for i in range(1, 6)))
-        for _ in range(100):
+        reader.feed_data(burst)
+        for _ in range(200):
             await asyncio.sleep(0.01)
-            if agent.rib.count(PEER) == 5:
+            if agent.rib.count(PEER) == total:
                 break
         reader.feed_eof()
         await client
         watcher.cancel()
 
     asyncio.run(feed())
-    assert [c for c in counts if c] == [1, 2, 3, 4, 5]
+    return [c for c in counts if c]
+
+
+def test_control_loop_runs_during_a_table_load(tmp_path: Path) -> None:
+    """A burst of buffered UPDATEs does not starve the control loop: it gets a turn every
+    YIELD_AFTER_PREFIXES prefixes (routes are computed and written while the load arrives)."""
+    assert YIELD_AFTER_PREFIXES == 500
+    burst = b"".join(_many(300 * i, 300) for i in range(5))
+    assert _passes(tmp_path, burst, 1500) == [600, 1200, 1500]
+
+
+def test_small_updates_do_not_cost_a_control_pass_each(tmp_path: Path) -> None:
+    """A reflector's burst of one-prefix UPDATEs is read whole, then handled in one pass."""
+    burst = b"".join(_update(f"10.{i}.0.0/26") for i in range(1, 6))
+    assert _passes(tmp_path, burst, 5) == [5]
