@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bgp.agent import YIELD_AFTER_PREFIXES, BgpAgent, BgpSettings, PeerStatus
+from bgp.agent import YIELD_AFTER_PREFIXES, BgpAgent, PeerStatus
 from bgp.exabgp_api import UpdateEvent
-from bgp.model import PeerSpec
-from datastore.fake import FakeEtcd
-from kernel.routes import FakeRouteBackend, RouteTable
+from tests.support.bgp import fake_agent, peer_spec
 
 PEER = IPv4Address("198.51.100.2")
 
@@ -45,11 +43,7 @@ def _update(prefix: str, origin: str = "igp", withdraw: tuple[str, ...] = ()) ->
 
 
 def _agent(tmp_path: Path) -> BgpAgent:
-    return BgpAgent(
-        BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeEtcd().connect,
-        routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
-    )
+    return fake_agent(tmp_path)
 
 
 class _Writer:
@@ -71,26 +65,8 @@ class _Writer:
 def test_unreadable_line_is_skipped_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    agent = BgpAgent(
-        BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeEtcd().connect,
-        routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
-    )
-    spec = PeerSpec(
-        address=PEER,
-        port=179,
-        remote_as=64512,
-        local_as=64512,
-        kind="global",
-        passive=False,
-        hold_time=90,
-        keepalive=30,
-        restart_time=120,
-        md5_password=None,
-        next_hop_self=False,
-        route_reflector_client=False,
-        name="p",
-    )
+    agent = _agent(tmp_path)
+    spec = peer_spec(PEER, kind="global", name="p")
     agent.peers[PEER] = PeerStatus(spec, state="established")
 
     seen: dict[str, object] = {}
@@ -129,11 +105,7 @@ def test_unreadable_line_is_skipped_and_counted(
 def test_event_that_fails_is_logged_and_the_reader_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    agent = BgpAgent(
-        BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeEtcd().connect,
-        routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
-    )
+    agent = _agent(tmp_path)
     real = agent._on_event
     calls = {"n": 0}
 

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from bgp import exabgp_api as api
-from bgp.agent import BgpAgent, BgpSettings, PeerStatus
+from bgp.agent import BgpAgent, PeerStatus
 from bgp.model import Path as RibPath
 from bgp.model import PeerSpec
 from datastore.codec import encode, resource_from_dict
-from datastore.fake import FakeEtcd
 from datastore.keys import resource_key
 from datastore.syncer import Update
-from kernel.routes import FakeRouteBackend, Route, RouteTable
+from kernel.routes import Route
+from tests.support.bgp import fake_agent, peer_spec
 
 ME = "198.51.100.1"
 PEER = IPv4Address("198.51.100.2")
@@ -25,11 +25,7 @@ API = "projectcalico.org/v3"
 
 
 def _agent(tmp_path: Path) -> BgpAgent:
-    return BgpAgent(
-        BgpSettings(node_name="node1", state_dir=tmp_path, health_enabled=False),
-        store_factory=FakeEtcd().connect,
-        routes=RouteTable("fake", 81, 4, backend=FakeRouteBackend()),
-    )
+    return fake_agent(tmp_path)
 
 
 def _put(agent: BgpAgent, doc: dict[str, Any], rev: int) -> None:
@@ -46,21 +42,7 @@ def _node(name: str, ip: str, cluster_id: str | None = None) -> dict[str, Any]:
 
 
 def _spec(client: bool = True) -> PeerSpec:
-    return PeerSpec(
-        address=PEER,
-        port=179,
-        remote_as=64512,
-        local_as=64512,
-        kind="global",
-        passive=False,
-        hold_time=90,
-        keepalive=30,
-        restart_time=120,
-        md5_password=None,
-        next_hop_self=False,
-        route_reflector_client=client,
-        name="p",
-    )
+    return peer_spec(PEER, kind="global", name="p", route_reflector_client=client)
 
 
 def test_node_changes_reach_address_and_cluster_id(tmp_path: Path) -> None:

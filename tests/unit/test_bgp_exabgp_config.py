@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import subprocess
 import sys
-from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -13,28 +12,14 @@ import pytest
 
 from bgp.exabgp_config import API_PROCESS_NAME, ExabgpConfigError, render_config, render_env
 from bgp.model import PeerSpec
+from tests.support.bgp import peer_spec
 
 EXABGP = Path(sys.executable).parent / "exabgp"
 ME = IPv4Address("198.51.100.1")
 
 
 def peer(addr: str, **kw: object) -> PeerSpec:
-    base = PeerSpec(
-        address=IPv4Address(addr),
-        port=179,
-        remote_as=64512,
-        local_as=64512,
-        kind="mesh",
-        passive=False,
-        hold_time=90,
-        keepalive=30,
-        restart_time=120,
-        md5_password=None,
-        next_hop_self=False,
-        route_reflector_client=False,
-        name=f"mesh:{addr}",
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    return peer_spec(addr, **kw)
 
 
 PEERS = [
