@@ -744,7 +744,7 @@ class BgpAgent:
         """While ``_holding_client_eor``: is ``peer`` one whose End-of-RIB waits (a client)?
         Other reflectors get it at once (they may be waiting for ours)."""
         st = self.peers.get(peer)
-        return not (st is None or not st.spec.route_reflector_client or st.spec.peer_cluster_id)
+        return st is not None and st.spec.route_reflector_client and st.spec.peer_cluster_id is None
 
     def _dedicated_reflector_kernel(self) -> bool:
         """``--route-reflector``: reflect only; no learned route (and no blackhole: no blocks)

@@ -40,53 +40,65 @@ from typing import Any
 __all__ = ["main", "prefilter_neighbor_match", "share_unchanged_routes"]
 
 
-def share_unchanged_routes() -> bool:
-    """Patch ``Neighbor.remove_self`` to copy only ``next-hop self`` routes; True if applied."""
+def _install(
+    owner: Any, attr: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> bool:
+    """Replace ``owner.attr`` by ``wrap(original)``, only on ExaBGP 5.0.x and only once; True
+    if the patched function is in place."""
     try:  # ExaBGP ships no type information: imported as plain modules
-        Neighbor = importlib.import_module("exabgp.bgp.neighbor").Neighbor  # noqa: N806
-        version = importlib.import_module("exabgp.version").version
-    except (ImportError, AttributeError):
-        return False
-    original: Callable[[Any, Any], Any] | None = getattr(Neighbor, "remove_self", None)
-    if not str(version).startswith("5.0.") or original is None:
-        return False
-    if getattr(original, "_tabby_patched", False):
-        return True
-
-    def remove_self(self: Any, change: Any) -> Any:
-        if not change.nlri.nexthop.SELF:
-            return change  # nothing to rewrite for this neighbour: share it
-        return original(self, change)
-
-    remove_self._tabby_patched = True  # type: ignore[attr-defined]
-    Neighbor.remove_self = remove_self
-    return True
-
-
-def prefilter_neighbor_match() -> bool:
-    """Patch ExaBGP's ``match_neighbor`` with a literal pre-test; True if applied."""
-    try:
-        limit: Any = importlib.import_module("exabgp.reactor.api.command.limit")
         version = importlib.import_module("exabgp.version").version
     except ImportError:
         return False
-    original: Callable[[Any, str], bool] | None = getattr(limit, "match_neighbor", None)
+    original: Callable[..., Any] | None = getattr(owner, attr, None)
     if not str(version).startswith("5.0.") or original is None:
         return False
     if getattr(original, "_tabby_patched", False):
         return True
-
-    def match_neighbor(description: Any, name: str) -> bool:
-        for term in description:
-            if term.strip() == "neighbor *":
-                break  # the original answers True from here on
-            if term not in name:
-                return False  # the original's regex needs the term verbatim in the name
-        return original(description, name)
-
-    match_neighbor._tabby_patched = True  # type: ignore[attr-defined]
-    limit.match_neighbor = match_neighbor  # match_neighbors looks it up in its module
+    patched = wrap(original)
+    patched._tabby_patched = True  # type: ignore[attr-defined]
+    setattr(owner, attr, patched)
     return True
+
+
+def share_unchanged_routes() -> bool:
+    """Patch ``Neighbor.remove_self`` to copy only ``next-hop self`` routes; True if applied."""
+    try:
+        neighbor_cls = importlib.import_module("exabgp.bgp.neighbor").Neighbor
+    except (ImportError, AttributeError):
+        return False
+
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def remove_self(self: Any, change: Any) -> Any:
+            if not change.nlri.nexthop.SELF:
+                return change  # nothing to rewrite for this neighbour: share it
+            return original(self, change)
+
+        return remove_self
+
+    return _install(neighbor_cls, "remove_self", wrap)
+
+
+def prefilter_neighbor_match() -> bool:
+    """Patch ExaBGP's ``match_neighbor`` with a literal pre-test; True if applied.
+    ``match_neighbors`` looks it up in its module at call time, so replacing the module
+    attribute is enough."""
+    try:
+        limit = importlib.import_module("exabgp.reactor.api.command.limit")
+    except ImportError:
+        return False
+
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def match_neighbor(description: Any, name: str) -> bool:
+            for term in description:
+                if term.strip() == "neighbor *":
+                    break  # the original answers True from here on
+                if term not in name:
+                    return False  # the original's regex needs the term verbatim in the name
+            return bool(original(description, name))
+
+        return match_neighbor
+
+    return _install(limit, "match_neighbor", wrap)
 
 
 def main() -> int:
