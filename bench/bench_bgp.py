@@ -969,6 +969,8 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
     st: dict[str, float] = {
         "lines": 0,
         "parse_s": 0.0,
+        "decode_s": 0.0,
+        "decoded": 0,
         "updates": 0,
         "prefixes": 0,
         "update_s": 0.0,
@@ -1004,6 +1006,17 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
             st["lines"] += 1
 
     api.parse_line = parse_line
+    orig_decode = api.decode_raw
+
+    def decode_raw(ev: api.RawUpdateEvent, *, asn4: bool = True) -> api.UpdateEvent | api.EorEvent:
+        t = clock()
+        try:
+            return orig_decode(ev, asn4=asn4)
+        finally:
+            st["decode_s"] += clock() - t
+            st["decoded"] += 1
+
+    api.decode_raw = decode_raw
     orig_event = agent_mod.BgpAgent._on_event
 
     def on_event(self: agent_mod.BgpAgent, ev: api.Event) -> None:
@@ -1016,8 +1029,8 @@ def agent_probe(stats_path: str, argv: list[str]) -> None:
             orig_event(self, ev)
             st["update_s"] += clock() - t
             st["updates"] += 1
-            st["prefixes"] += len(ev.announced)
-            timeline.append((now, "update", len(ev.announced), clock() - t))
+            st["prefixes"] += ev.size
+            timeline.append((now, "update", ev.size, clock() - t))
             return
         orig_event(self, ev)
         if isinstance(ev, api.StateEvent):
@@ -1155,6 +1168,7 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
                 )
 
             prow("`exabgp_api.parse_line` (JSON -> events), lines", "parse_s", "lines")
+            prow("`exabgp_api.decode_raw` (UPDATE bytes -> routes), UPDATEs", "decode_s", "decoded")
             prow("`_on_event` for UPDATE events (RIB updates), events", "update_s", "updates")
             prow(
                 "`_reconcile_kernel` (best paths, desired routes, apply), calls",

@@ -66,6 +66,7 @@ from bgp.peers import desired_peers
 from bgp.rib import Rib
 from bgp.secrets import FileSecretResolver
 from bgp.tunnel import TunnelManager
+from bgp.wire import UpdateMessageError
 from datastore import kinds
 from datastore.decoder import ResourceDecoder
 from datastore.etcd import EtcdConfig, EtcdKVStore
@@ -114,6 +115,9 @@ class PeerStatus:
     eor_sent: bool = False
     eor_received: bool = False
     rejected: int = 0  # received routes dropped by the RFC 4456 loop checks
+    asn4: bool = True  # 4-octet AS numbers in its UPDATEs (its OPEN's capability 65)
+    malformed: int = 0  # UPDATEs treated as withdrawn or ending the session (RFC 7606)
+    resetting: bool = False  # torn down for a malformed UPDATE: ignore it until it is back up
 
 
 # The API reader lets the control loop run (route computation, kernel writes) after this many
@@ -357,18 +361,22 @@ class BgpAgent:
                     ev = api.parse_line(text)
                 except api.ExabgpApiError as exc:
                     # One line we cannot read must not take every session down with it. If it
-                    # is an UPDATE, what it names is withdrawn (RFC 7606 treat-as-withdraw):
-                    # no route rather than a stale one (the peer will not send it again).
+                    # is an UPDATE, which routes it carried is unknown: only its session is
+                    # reset (RFC 7606), so that the peer sends its routes again.
                     self.api_errors += 1
-                    salvaged = api.salvage_update(text)
-                    if salvaged is not None:
-                        self._treat_as_withdraw(*salvaged)
-                    log.error(
-                        "bgp.api_bad_line error=%s withdrawn=%s line=%.300s",
-                        exc,
-                        len(salvaged[1]) if salvaged is not None else 0,
-                        text,
-                    )
+                    log.error("bgp.api_bad_line error=%s line=%.300s", exc, text)
+                    lost = api.unreadable_update_peer(text)
+                    if lost is not None:
+                        self._reset_session(lost, f"unreadable update line: {exc}")
+                    continue
+                if isinstance(ev, api.RawUpdateEvent):
+                    decoded = self._decode(ev)
+                    if decoded is None:
+                        continue
+                    ev = decoded
+                elif isinstance(ev, api.UpdateEvent | api.EorEvent):
+                    # ExaBGP's parsed copy of an UPDATE (only an unpatched ExaBGP sends one):
+                    # its bytes came just before and are what counts
                     continue
                 try:
                     self._on_event(ev)
@@ -376,8 +384,7 @@ class BgpAgent:
                     self.api_errors += 1
                     log.exception("bgp.api_event_failed event=%.300r", ev)
                     if isinstance(ev, api.UpdateEvent):  # its effect may be half applied
-                        every = [a.prefix for a in ev.announced] + list(ev.withdrawn)
-                        self._treat_as_withdraw(ev.session.peer, tuple(every))
+                        self._treat_as_withdraw(ev.session.peer, ev.prefixes())
                     self._work.set()
                 if isinstance(ev, api.UpdateEvent):
                     # readline() does not yield while ExaBGP's lines are buffered: without
@@ -386,7 +393,7 @@ class BgpAgent:
                     # Every YIELD_AFTER_PREFIXES, not after each UPDATE: a reflector's burst of
                     # one-prefix UPDATEs would otherwise cost a control pass each (measured:
                     # +280 ms of agent CPU with 200 clients).
-                    unyielded += len(ev.announced) + len(ev.withdrawn)
+                    unyielded += ev.size
                     if unyielded >= YIELD_AFTER_PREFIXES:
                         unyielded = 0
                         await asyncio.sleep(0)
@@ -403,6 +410,35 @@ class BgpAgent:
                 for peer in list(self.peers):
                     self._peer_down(peer, "api disconnected")
             writer.close()
+
+    def _decode(self, ev: api.RawUpdateEvent) -> api.UpdateEvent | api.EorEvent | None:
+        """The routes of a raw UPDATE; None for one that cannot be delimited: RFC 7606 asks
+        for a session reset, so the peer's routes go and the session is torn down."""
+        peer = ev.session.peer
+        st = self.peers.get(peer)  # type: ignore[arg-type]
+        if st is not None and st.resetting:
+            return None  # what the session still sends before it is down is not trusted
+        try:
+            return api.decode_raw(ev, asn4=st.asn4 if st is not None else True)
+        except UpdateMessageError as exc:
+            self._reset_session(peer, f"malformed update: {exc}")
+            return None
+
+    def _reset_session(self, peer: IPAddress, reason: str) -> None:
+        """An UPDATE from ``peer`` could not be read: its routes go now, its session is torn
+        down (it sends them again when it is back), and what the session still delivers
+        before it is down is ignored."""
+        log.error("bgp.update_malformed peer=%s action=reset error=%s", peer, reason)
+        st = self.peers.get(peer)  # type: ignore[arg-type]
+        if st is not None:
+            st.malformed += 1
+            st.resetting = True
+        if isinstance(peer, IPv4Address):
+            self._peer_down(peer, reason, graceful=False)
+            self._send(api.teardown(peer, 4))  # Cease, administrative reset
+        else:
+            self.rib.peer_down(peer)
+        self._work.set()
 
     def _treat_as_withdraw(self, peer: IPAddress, prefixes: tuple[IPv4Network, ...]) -> None:
         """Withdraw ``prefixes`` of ``peer`` (an UPDATE we could not read or apply)."""
@@ -433,7 +469,7 @@ class BgpAgent:
                 return
             if ev.state == "up":
                 st.state, st.since = "established", time.time()
-                st.eor_sent = st.eor_received = False
+                st.eor_sent = st.eor_received = st.resetting = False
                 self._eor_pending.add(peer)
                 log.info("bgp.session_up peer=%s", peer)
                 self._announce_to(peer)
@@ -450,6 +486,7 @@ class BgpAgent:
                     self._roles_changed += 1
                 st.router_id = ev.router_id
                 st.graceful_restart = ev.graceful_restart_time
+                st.asn4 = ev.asn4
         elif isinstance(ev, api.UpdateEvent):
             peer = ev.session.peer
             st = self.peers.get(peer)  # type: ignore[arg-type]
@@ -463,12 +500,23 @@ class BgpAgent:
                     bad = rejected[id(path)] = self._loop_rejects(st, path)
                 return None if bad else path
 
+            if ev.problem:
+                log.warning(
+                    "bgp.update_treat_as_withdraw peer=%s prefixes=%d error=%s",
+                    peer,
+                    len(ev.withdrawn),
+                    ev.problem,
+                )
+                if st is not None:
+                    st.malformed += 1
             self.rib.update_many(peer, ((p, accepted(path)) for p, path in ev.paths(rid)))
             self.rib.update_many(peer, ((p, None) for p in ev.withdrawn))
             if st is not None:
                 st.received = self.rib.count(peer)
             self._work.set()
         elif isinstance(ev, api.EorEvent):
+            if (ev.afi, ev.safi) != ("ipv4", "unicast"):
+                return  # tabby negotiates IPv4 unicast only
             self.rib.eor(ev.session.peer)
             st = self.peers.get(ev.session.peer)  # type: ignore[arg-type]
             if st is not None:

@@ -56,7 +56,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Literal
 
-from bgp.model import AsSegment, IPAddress, IPNetwork, Origin, Path, parse_prefix
+from bgp.model import AsSegment, IPAddress, IPNetwork, Origin, Path, PathAttributes, parse_prefix
+from bgp.wire import decode_update, family_name
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,17 @@ __all__ = [
     "NotificationEvent",
     "OpenEvent",
     "PathAttributes",
+    "RawUpdateEvent",
     "Session",
     "ShutdownEvent",
     "StateEvent",
     "UpdateEvent",
     "announce_eor",
     "announce_route",
+    "decode_raw",
     "parse_line",
-    "salvage_update",
     "teardown",
+    "unreadable_update_peer",
     "withdraw_route",
 ]
 
@@ -125,18 +128,7 @@ class OpenEvent:
     asn: int
     hold_time: int
     graceful_restart_time: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class PathAttributes:
-    """The path attributes of one UPDATE that tabby uses."""
-
-    origin: Origin = Origin.IGP
-    as_path: tuple[AsSegment, ...] = ()
-    local_pref: int | None = None
-    med: int | None = None
-    originator_id: IPv4Address | None = None
-    cluster_list: tuple[IPv4Address, ...] = ()
+    asn4: bool = True  # the OPEN carried capability 65 (4-octet AS numbers, RFC 6793)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,34 +139,61 @@ class Announcement:
 
 @dataclass(frozen=True, slots=True)
 class UpdateEvent:
+    """A received UPDATE: ``reach`` holds the announced prefixes grouped by next hop.
+
+    ``problem`` is non-empty when RFC 7606 treat-as-withdraw applied (a malformed attribute):
+    the announced prefixes are then in ``withdrawn``."""
+
     session: Session
     attributes: PathAttributes
-    announced: tuple[Announcement, ...]
+    reach: tuple[tuple[IPAddress, tuple[IPv4Network, ...]], ...]
     withdrawn: tuple[IPv4Network, ...]
+    problem: str = ""
+
+    @property
+    def announced(self) -> tuple[Announcement, ...]:
+        """Every announced prefix with its next hop."""
+        return tuple(Announcement(p, hop) for hop, prefixes in self.reach for p in prefixes)
+
+    @property
+    def size(self) -> int:
+        """How many prefixes the UPDATE names (announced and withdrawn)."""
+        return sum(len(prefixes) for _hop, prefixes in self.reach) + len(self.withdrawn)
+
+    def prefixes(self) -> tuple[IPv4Network, ...]:
+        """Every prefix the UPDATE names, announced or withdrawn."""
+        return (*(p for _hop, prefixes in self.reach for p in prefixes), *self.withdrawn)
 
     def paths(self, router_id: IPv4Address | None) -> Iterable[tuple[IPv4Network, Path]]:
         """The announced routes as RIB paths (``router_id``: the peer's, from its OPEN).
 
-        Prefixes with the same next hop share one ``Path`` value (a path does not name its
+        The prefixes of one next hop share one ``Path`` value (a path does not name its
         prefix), so an UPDATE of 800 prefixes builds one or a few."""
         a = self.attributes
-        by_hop: dict[IPAddress, Path] = {}
-        for ann in self.announced:
-            path = by_hop.get(ann.next_hop)
-            if path is None:
-                path = by_hop[ann.next_hop] = Path(
-                    next_hop=ann.next_hop,
-                    peer=self.session.peer,
-                    origin=a.origin,
-                    as_path=a.as_path,
-                    local_pref=a.local_pref,
-                    med=a.med,
-                    originator_id=a.originator_id,
-                    cluster_list=a.cluster_list,
-                    ebgp=self.session.ebgp,
-                    router_id=router_id,
-                )
-            yield ann.prefix, path
+        for hop, prefixes in self.reach:
+            path = Path(
+                next_hop=hop,
+                peer=self.session.peer,
+                origin=a.origin,
+                as_path=a.as_path,
+                local_pref=a.local_pref,
+                med=a.med,
+                originator_id=a.originator_id,
+                cluster_list=a.cluster_list,
+                ebgp=self.session.ebgp,
+                router_id=router_id,
+            )
+            for prefix in prefixes:
+                yield prefix, path
+
+
+@dataclass(frozen=True, slots=True)
+class RawUpdateEvent:
+    """A received UPDATE as ExaBGP read it off the wire (its API's ``packets`` output): the
+    message body after the 19-octet header, for ``decode_raw``."""
+
+    session: Session
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +237,7 @@ Event = (
     StateEvent
     | OpenEvent
     | UpdateEvent
+    | RawUpdateEvent
     | EorEvent
     | NotificationEvent
     | ShutdownEvent
@@ -320,12 +340,22 @@ def _attributes(value: object) -> PathAttributes:
     )
 
 
-def _update(session: Session, message: Mapping[str, object]) -> UpdateEvent | EorEvent:
+def _update(
+    session: Session, message: Mapping[str, object]
+) -> UpdateEvent | EorEvent | RawUpdateEvent:
+    if "body" in message:  # the packets output: {"category": 2, "header": H, "body": "0x.."}
+        body = _str(message["body"], "message.body")
+        if not body.startswith("0x"):
+            raise ExabgpApiError(f"message.body: expected 0x and hex digits, got {body[:40]!r}")
+        try:
+            return RawUpdateEvent(session, bytes.fromhex(body[2:]))
+        except ValueError:
+            raise ExabgpApiError(f"message.body: not hex: {body[:40]!r}") from None
     if "eor" in message:
         eor = _obj(message["eor"], "message.eor")
         return EorEvent(session, _str(eor.get("afi"), "eor.afi"), _str(eor.get("safi"), "eor.safi"))
     update = _obj(message.get("update"), "message.update")
-    announced: list[Announcement] = []
+    reach: list[tuple[IPAddress, tuple[IPv4Network, ...]]] = []
     announce = _obj(update.get("announce", {}), "update.announce")
     by_nexthop = announce.get(_FAMILY)
     if by_nexthop is not None:
@@ -333,7 +363,7 @@ def _update(session: Session, message: Mapping[str, object]) -> UpdateEvent | Eo
             nh = _addr(nh_text, f"announce.{_FAMILY} next hop")
             if not isinstance(nlris, list):
                 raise ExabgpApiError(f"announce.{_FAMILY}.{nh_text}: expected a list")
-            announced += [Announcement(_prefix(x, f"announce.{nh_text}"), nh) for x in nlris]
+            reach.append((nh, tuple(_prefix(x, f"announce.{nh_text}") for x in nlris)))
     withdrawn: list[IPv4Network] = []
     withdraw = _obj(update.get("withdraw", {}), "update.withdraw")
     nlris = withdraw.get(_FAMILY)
@@ -342,7 +372,7 @@ def _update(session: Session, message: Mapping[str, object]) -> UpdateEvent | Eo
             raise ExabgpApiError(f"withdraw.{_FAMILY}: expected a list")
         withdrawn = [_prefix(x, f"withdraw.{_FAMILY}") for x in nlris]
     return UpdateEvent(
-        session, _attributes(update.get("attribute")), tuple(announced), tuple(withdrawn)
+        session, _attributes(update.get("attribute")), tuple(reach), tuple(withdrawn)
     )
 
 
@@ -360,6 +390,7 @@ def _open(session: Session, n: Mapping[str, object]) -> OpenEvent:
         asn=_int(o.get("asn"), "open.asn"),
         hold_time=_int(o.get("hold_time"), "open.hold_time"),
         graceful_restart_time=gr,
+        asn4="65" in caps,
     )
 
 
@@ -391,11 +422,15 @@ def parse_line(line: str) -> Event:
             _str(n.get("reason", ""), "neighbor.reason"),
         )
     if mtype == "open":
+        if "open" not in n:  # the packets output of an OPEN: the parsed one follows
+            return IgnoredEvent("open-packets")
         return _open(session, n)
     if direction == "send":
         return IgnoredEvent(f"{mtype}-send")
     if mtype == "update":
         return _update(session, _obj(n.get("message"), "neighbor.message"))
+    if "notification" not in n:  # the packets output: the parsed one follows
+        return IgnoredEvent("notification-packets")
     note = _obj(n.get("notification"), "neighbor.notification")
     return NotificationEvent(
         session=session,
@@ -407,39 +442,30 @@ def parse_line(line: str) -> Event:
     )
 
 
-def salvage_update(line: str) -> tuple[IPAddress, tuple[IPv4Network, ...]] | None:
-    """For a received UPDATE line that ``parse_line`` rejected: the peer and every IPv4 unicast
-    prefix the line names (announced or withdrawn) that can still be read, so that the receiver
-    can treat them as withdrawn (RFC 7606's "treat-as-withdraw": no route rather than a wrong
-    or stale one). None when the line is not a received UPDATE or names no readable peer."""
+def decode_raw(ev: RawUpdateEvent, *, asn4: bool = True) -> UpdateEvent | EorEvent:
+    """The routes of a raw UPDATE (``asn4``: whether the session uses 4-octet AS numbers).
+    Raises ``bgp.wire.UpdateMessageError`` when the message cannot be delimited (the session
+    must be reset)."""
+    w = decode_update(ev.body, asn4=asn4)
+    if w.eor is not None:
+        return EorEvent(ev.session, *family_name(*w.eor))
+    return UpdateEvent(ev.session, w.attributes, w.reach, w.withdrawn, w.problem)
+
+
+def unreadable_update_peer(line: str) -> IPAddress | None:
+    """For a line ``parse_line`` rejected: the peer, when the line is the bytes of an UPDATE
+    received from it (the ``packets`` output). Its routes are then unknown: RFC 7606 asks for
+    a session reset. None for any other line (parsed UPDATEs are copies the agent ignores)."""
     try:
         doc = json.loads(line)
         n = doc["neighbor"]
         if doc.get("type") != "update" or n.get("direction", "receive") != "receive":
             return None
-        peer = ip_address(n["address"]["peer"])
-        update = n["message"]["update"]
+        if "body" not in n["message"]:
+            return None
+        return ip_address(n["address"]["peer"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-
-    def dict_at(obj: object, key: str) -> dict[str, object]:
-        value = obj.get(key) if isinstance(obj, dict) else None
-        return value if isinstance(value, dict) else {}
-
-    texts: list[object] = []
-    for nlris in dict_at(dict_at(update, "announce"), _FAMILY).values():
-        texts += nlris if isinstance(nlris, list) else []
-    gone = dict_at(update, "withdraw").get(_FAMILY)
-    texts += gone if isinstance(gone, list) else []
-    prefixes: list[IPv4Network] = []
-    for item in texts:
-        nlri = item.get("nlri") if isinstance(item, dict) else None
-        if isinstance(nlri, str):
-            try:
-                prefixes.append(parse_prefix(nlri))
-            except ValueError:
-                continue
-    return peer, tuple(prefixes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -146,6 +146,8 @@ def _neighbor(peer: PeerSpec, router_id: IPv4Address, local: IPv4Address, listen
     lines += [
         "    manual-eor true;",
         "    capability {",
+        # the raw UPDATE decoder (bgp/wire.py) reads AS numbers by the peer's OPEN alone
+        "        asn4 enable;",
         f"        graceful-restart {peer.restart_time};",
         "    }",
         "    family {",
@@ -155,7 +157,10 @@ def _neighbor(peer: PeerSpec, router_id: IPv4Address, local: IPv4Address, listen
         f"        processes [ {API_PROCESS_NAME} ];",
         "        neighbor-changes;",
         "        receive {",
+        # UPDATEs reach tabby as their bytes (bgp/wire.py decodes them; bgp/exabgp_launch.py
+        # keeps ExaBGP from decoding them too); the other messages as parsed JSON
         "            parsed;",
+        "            packets;",
         "            update;",
         "            notification;",
         "            open;",

@@ -26,6 +26,17 @@ neighbours, 200 ms for the End-of-RIBs of a 200-client reflector coming up. A te
 match a neighbour whose name contains it literally, so a substring test now goes first and the
 regular expression runs only on the few names that pass it: the same answers, ~50 times faster
 (checked against the original on every term shape in the unit tests).
+
+``skip_update_decoding``: tabby's configuration asks for received UPDATEs as bytes (the API's
+``packets`` output), which ``bgp.wire`` decodes, but ExaBGP 5.0 still decodes every received
+UPDATE into its object model (and, with ``parsed`` on for the other messages, encodes it as
+JSON too): ~75 % of its CPU on a table load, for nothing (measured, docs/bench/bgp.md). Its
+reader has a branch that skips the decoding, but only when no API process wants UPDATEs in any
+form. With the patch, ``Message.unpack`` answers a received UPDATE with an empty one (no route:
+nothing for ExaBGP to store; tabby runs ``adj-rib-in false`` anyway), and ``Processes.message``
+does not encode that placeholder. The bytes were handed to the API before ``unpack`` runs. Sent
+UPDATEs and every other message are decoded as before. Unpatched, ExaBGP sends each UPDATE
+twice (bytes and JSON); the agent uses the bytes and ignores the JSON copy.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["main", "prefilter_neighbor_match", "share_unchanged_routes"]
+__all__ = ["main", "prefilter_neighbor_match", "share_unchanged_routes", "skip_update_decoding"]
 
 
 def _install(
@@ -56,6 +67,9 @@ def _install(
         return True
     patched = wrap(original)
     patched._tabby_patched = True  # type: ignore[attr-defined]
+    inner = getattr(patched, "__func__", None)  # a classmethod: its lookups see the function
+    if inner is not None:
+        inner._tabby_patched = True
     setattr(owner, attr, patched)
     return True
 
@@ -101,10 +115,46 @@ def prefilter_neighbor_match() -> bool:
     return _install(limit, "match_neighbor", wrap)
 
 
+def skip_update_decoding() -> bool:
+    """Patch ``Message.unpack`` and ``Processes.message`` so that received UPDATEs are not
+    decoded by ExaBGP; True if applied (see the module doc)."""
+    try:
+        message_cls = importlib.import_module("exabgp.bgp.message").Message
+        update_mod = importlib.import_module("exabgp.bgp.message.update")
+        direction_in = importlib.import_module("exabgp.bgp.message.direction").Direction.IN
+        processes_cls = importlib.import_module("exabgp.reactor.api.processes").Processes
+    except (ImportError, AttributeError):
+        return False
+    update_id = update_mod.Update.ID
+    undecoded = update_mod.Update([], update_mod.Attributes())  # no routes: nothing to store
+
+    def wrap_unpack(original: Callable[..., Any]) -> Any:
+        def unpack(cls: Any, message: Any, data: Any, direction: Any, negotiated: Any) -> Any:
+            if message == update_id and direction == direction_in:
+                return undecoded
+            return original(message, data, direction, negotiated)
+
+        return classmethod(unpack)
+
+    def wrap_message(original: Callable[..., Any]) -> Callable[..., Any]:
+        def message(
+            self: Any, message_id: Any, neighbor: Any, direction: Any, msg: Any, *rest: Any
+        ) -> Any:
+            if msg is undecoded:
+                return None  # its bytes went to the API process already
+            return original(self, message_id, neighbor, direction, msg, *rest)
+
+        return message
+
+    return _install(processes_cls, "message", wrap_message) and _install(
+        message_cls, "unpack", wrap_unpack
+    )
+
+
 def main() -> int:
     if os.environ.get("TABBY_EXABGP_PATCH", "1") == "0":
         sys.stderr.write("tabby: ExaBGP runs unpatched (TABBY_EXABGP_PATCH=0)\n")
-    elif not (share_unchanged_routes() & prefilter_neighbor_match()):
+    elif not (share_unchanged_routes() & prefilter_neighbor_match() & skip_update_decoding()):
         sys.stderr.write("tabby: ExaBGP runs (partly) unpatched (not 5.0.x): slower\n")
     exabgp_main = importlib.import_module("exabgp.application.main").main
     sys.argv[0] = "exabgp"

@@ -18,14 +18,16 @@ from bgp.exabgp_api import (
     IgnoredEvent,
     NotificationEvent,
     OpenEvent,
+    RawUpdateEvent,
     ShutdownEvent,
     StateEvent,
     UpdateEvent,
     announce_eor,
     announce_route,
+    decode_raw,
     parse_line,
-    salvage_update,
     teardown,
+    unreadable_update_peer,
     withdraw_route,
 )
 from bgp.model import AsSegment, Origin
@@ -287,27 +289,44 @@ def test_ack_tracker_on_captured_stream() -> None:
     assert failed == ["neighbor 198.51.100.2 announce route nonsense"]
 
 
-def test_salvage_update_names_what_a_rejected_update_carried() -> None:
-    bad = _update(
+def _raw(body: str, peer: str = "198.51.100.2", direction: str = "receive") -> str:
+    return json.dumps(
         {
-            "attribute": {"origin": "bogus"},
-            "announce": {
-                "ipv4 unicast": {
-                    "198.51.100.2": [{"nlri": "10.1.0.0/26"}, {"nlri": "not a prefix"}],
-                    "198.51.100.3": [{"nlri": "10.2.0.0/26"}],
+            "exabgp": "5.0.0",
+            "type": "update",
+            "neighbor": {
+                "address": {"local": "198.51.100.1", "peer": peer},
+                "asn": {"local": 64512, "peer": 64512},
+                "direction": direction,
+                "message": {
+                    "category": 2,
+                    "header": "0x" + "FF" * 16 + "0017" + "02",
+                    "body": body,
                 },
-                "ipv6 unicast": {"2001:db8::1": [{"nlri": "2001:db8:1::/64"}]},
             },
-            "withdraw": {"ipv4 unicast": [{"nlri": "10.3.0.0/26"}]},
         }
     )
+
+
+def test_a_raw_update_line_carries_its_bytes_and_decodes() -> None:
+    ev = parse_line(_raw("0x0000000E40010100400200400304C6336402" + "1A0A400040"))
+    assert isinstance(ev, RawUpdateEvent)
+    assert ev.session.peer == IPv4Address("198.51.100.2")
+    upd = decode_raw(ev)
+    assert isinstance(upd, UpdateEvent)
+    assert [(str(a.prefix), str(a.next_hop)) for a in upd.announced] == [
+        ("10.64.0.64/26", "198.51.100.2")
+    ]
+    eor = decode_raw(parse_line(_raw("0x00000000")))  # type: ignore[arg-type]
+    assert eor == EorEvent(ev.session, "ipv4", "unicast")
+
+
+@pytest.mark.parametrize("body", ["0x0000GG00", "00000000", "0x000"])
+def test_a_raw_update_line_with_bad_hex_is_rejected_and_names_its_peer(body: str) -> None:
+    line = _raw(body)
     with pytest.raises(ExabgpApiError):
-        parse_line(bad)
-    got = salvage_update(bad)
-    assert got is not None
-    peer, prefixes = got
-    assert peer == IPv4Address("198.51.100.2")
-    assert sorted(map(str, prefixes)) == ["10.1.0.0/26", "10.2.0.0/26", "10.3.0.0/26"]
+        parse_line(line)
+    assert unreadable_update_peer(line) == IPv4Address("198.51.100.2")
 
 
 @pytest.mark.parametrize(
@@ -316,23 +335,11 @@ def test_salvage_update_names_what_a_rejected_update_carried() -> None:
         "not json",
         '{"type": "update"}',
         '{"type": "state", "neighbor": {"address": {"peer": "198.51.100.2"}}}',
-        '{"type": "update", "neighbor": {"address": {"peer": "nope"}, "message": {"update": {}}}}',
-        '{"type": "update", "neighbor": {"direction": "send", "address": {"peer": "198.51.100.2"},'
+        '{"type": "update", "neighbor": {"address": {"peer": "198.51.100.2"},'
         ' "message": {"update": {}}}}',
+        '{"type": "update", "neighbor": {"address": {"peer": "nope"}, "message": {"body": "0x"}}}',
+        _raw("0x00", direction="send"),
     ],
 )
-def test_salvage_update_needs_a_received_update_from_a_known_peer(line: str) -> None:
-    assert salvage_update(line) is None
-
-
-def test_salvage_update_odd_shapes_give_what_can_be_read() -> None:
-    line = json.dumps(
-        {
-            "type": "update",
-            "neighbor": {
-                "address": {"peer": "198.51.100.2"},
-                "message": {"update": {"announce": ["x"], "withdraw": {"ipv4 unicast": 5}}},
-            },
-        }
-    )
-    assert salvage_update(line) == (IPv4Address("198.51.100.2"), ())
+def test_unreadable_update_peer_only_for_received_update_bytes(line: str) -> None:
+    assert unreadable_update_peer(line) is None

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bgp.exabgp_launch import prefilter_neighbor_match, share_unchanged_routes
+from tests.support.bgp import update_body
 
 
 def _change(self_nexthop: bool) -> Any:
@@ -99,3 +100,40 @@ def test_neighbor_match_prefilter_gives_the_original_answers() -> None:
         limit.match_neighbor = patched
     assert matched == names[:2]
     assert len(calls) == 6  # 3 names x 2 descriptions
+
+
+_SKIP_CHECK = """
+import importlib, sys
+from bgp.exabgp_launch import skip_update_decoding
+msg = importlib.import_module("exabgp.bgp.message")
+Direction = importlib.import_module("exabgp.bgp.message.direction").Direction
+Update = importlib.import_module("exabgp.bgp.message.update").Update
+Processes = importlib.import_module("exabgp.reactor.api.processes").Processes
+body = bytes.fromhex(sys.argv[1])
+assert skip_update_decoding() and skip_update_decoding()  # idempotent
+got = msg.Message.unpack(Update.ID, body, Direction.IN, None)
+again = msg.Message.unpack(Update.ID, body, Direction.IN, None)
+assert isinstance(got, Update) and got is again and got.nlris == [] and len(got.attributes) == 0
+keepalive = msg.Message.unpack(msg.KeepAlive.ID, b"", Direction.IN, None)
+assert isinstance(keepalive, msg.KeepAlive), keepalive
+calls = []
+fake = type("P", (), {"_dispatch": {Update.ID: lambda *a: calls.append(a)}, "silence": False})()
+assert Processes.message(fake, Update.ID, None, "receive", got, None, b"", b"") is None
+Processes.message(fake, Update.ID, None, "receive", "other", None, b"", b"")
+assert len(calls) == 1 and calls[0][3] == "other", calls
+print("ok")
+"""
+
+
+def test_received_updates_are_not_decoded_by_exabgp() -> None:
+    """In a fresh interpreter (the patch is process-wide): a received UPDATE comes back as one
+    shared empty placeholder that the API encoder skips; other messages decode as before."""
+    body = update_body(["10.64.0.0/26", "10.64.0.64/26"])
+    res = subprocess.run(
+        [sys.executable, "-c", _SKIP_CHECK, body.hex()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
