@@ -12,12 +12,16 @@ peer's OPEN carried capability 65; ExaBGP always advertises it).
 Outputs: ``WireUpdate``; ``UpdateMessageError`` when the message cannot be delimited.
 
 Error handling follows RFC 7606:
-- A message whose parts cannot be delimited (field lengths that overrun the message, an
-  attribute header cut short, a prefix length over 32 or one that overruns its field, a
-  malformed MP_REACH_NLRI / MP_UNREACH_NLRI) raises ``UpdateMessageError``: the session must be
-  reset, since the receiver cannot tell which routes the message carried.
+- A message whose routes cannot be delimited (withdrawn or attribute lengths that overrun the
+  message, a prefix length over 32 or one that overruns its field, a malformed or repeated
+  MP_REACH_NLRI / MP_UNREACH_NLRI) raises ``UpdateMessageError``: the session must be reset,
+  since the receiver cannot tell which routes the message carried. An attribute list that
+  cannot be walked to its end (a header cut short, a length that overruns the list) is
+  treat-as-withdraw (section 4: the NLRI field is still located by the total length), unless
+  an MP attribute was read before the break (then a reset).
 - An attribute with a bad value or length (ORIGIN, AS_PATH, NEXT_HOP, MED, LOCAL_PREF,
-  ORIGINATOR_ID, CLUSTER_LIST) or a missing mandatory attribute while routes are announced is
+  ORIGINATOR_ID, CLUSTER_LIST: a non-zero multiple of 4) or a missing mandatory attribute
+  while routes are announced is
   "treat-as-withdraw": every prefix the message announces is reported as withdrawn instead, and
   ``problem`` says why. A repeated attribute keeps its first occurrence (repeated MP attributes
   are a reset). Attributes tabby does not use (communities, aggregator, ...) are skipped
@@ -47,7 +51,8 @@ __all__ = ["UpdateMessageError", "WireUpdate", "decode_update", "family_name"]
 
 # attribute type codes
 _ORIGIN, _AS_PATH, _NEXT_HOP, _MED, _LOCAL_PREF = 1, 2, 3, 4, 5
-_ORIGINATOR_ID, _CLUSTER_LIST, _MP_REACH, _MP_UNREACH, _AS4_PATH = 9, 10, 14, 15, 17
+_AGGREGATOR, _ORIGINATOR_ID, _CLUSTER_LIST, _MP_REACH, _MP_UNREACH, _AS4_PATH = 7, 9, 10, 14, 15, 17
+_AS_TRANS = (23456).to_bytes(2, "big")
 _EXTENDED_LENGTH = 0x10
 _AFI_IPV4, _AFI_IPV6, _SAFI_UNICAST = 1, 2, 1
 _MASKS = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33))
@@ -150,7 +155,11 @@ def _merge_as4(path: tuple[AsSegment, ...], as4: tuple[AsSegment, ...]) -> tuple
             take = min(keep, len(seg.asns))
             lead.append(AsSegment(seg.asns[:take]))
             keep -= take
-    return (*lead, *(s for s in as4 if not s.confed))
+    tail = [s for s in as4 if not s.confed]
+    if lead and tail and not lead[-1].is_set and not lead[-1].confed and not tail[0].is_set:
+        lead[-1] = AsSegment(lead[-1].asns + tail[0].asns)  # one sequence, as it was sent
+        tail = tail[1:]
+    return (*lead, *tail)
 
 
 def _v4(data: bytes, what: str) -> IPv4Address:
@@ -193,14 +202,17 @@ def decode_update(body: bytes, *, asn4: bool = True) -> WireUpdate:
         return WireUpdate(PathAttributes(), (), (), eor=(_AFI_IPV4, _SAFI_UNICAST))
 
     seen: dict[int, bytes] = {}
+    broken = ""  # the attribute list cannot be walked to its end
     i = astart
     while i < aend:
         if i + 3 > aend:
-            raise UpdateMessageError(f"attribute header at octet {i} cut short")
+            broken = f"attribute header at octet {i} cut short"
+            break
         flags, code = body[i], body[i + 1]
         if flags & _EXTENDED_LENGTH:
             if i + 4 > aend:
-                raise UpdateMessageError(f"attribute {code} header cut short")
+                broken = f"attribute {code} header cut short"
+                break
             length = int.from_bytes(body[i + 2 : i + 4], "big")
             vstart = i + 4
         else:
@@ -208,12 +220,19 @@ def decode_update(body: bytes, *, asn4: bool = True) -> WireUpdate:
             vstart = i + 3
         i = vstart + length
         if i > aend:
-            raise UpdateMessageError(f"attribute {code} of {length} octets overruns the list")
+            broken = f"attribute {code} of {length} octets overruns the attribute list"
+            break
         if code in seen:
             if code in (_MP_REACH, _MP_UNREACH):
                 raise UpdateMessageError(f"attribute {code} repeated")
             continue  # RFC 7606 3(g): keep the first
         seen[code] = body[vstart:i]
+    if broken:
+        # RFC 7606 4: the NLRI field is still located by the total length: treat-as-withdraw,
+        # unless an MP attribute was read (its routes may be wrong, later ones unknown)
+        if _MP_REACH in seen or _MP_UNREACH in seen:
+            raise UpdateMessageError(broken)
+        return WireUpdate(PathAttributes(), (), (*withdrawn, *nlri), problem=broken)
 
     reach: list[tuple[IPAddress, tuple[Prefix, ...]]] = []
     eor: tuple[int, int] | None = None
@@ -271,6 +290,9 @@ def _attributes(seen: dict[int, bytes], asn4: bool) -> PathAttributes:
         raise _AttributeError("AS_PATH missing")
     as_path = _as_path(path_v, asn4, "AS_PATH")
     as4_v = seen.get(_AS4_PATH)
+    aggregator = seen.get(_AGGREGATOR)
+    if aggregator is not None and len(aggregator) == 6 and aggregator[0:2] != _AS_TRANS:
+        as4_v = None  # RFC 6793 4.2.3: aggregated by a 2-octet speaker: AS4_PATH is ignored
     if as4_v is not None and not asn4:
         with contextlib.suppress(_AttributeError):  # RFC 6793 6: a bad AS4_PATH is discarded
             as_path = _merge_as4(as_path, _as_path(as4_v, True, "AS4_PATH"))
@@ -280,7 +302,7 @@ def _attributes(seen: dict[int, bytes], asn4: bool) -> PathAttributes:
     clusters_v = seen.get(_CLUSTER_LIST)
     clusters: tuple[IPv4Address, ...] = ()
     if clusters_v is not None:
-        if len(clusters_v) % 4:
+        if not clusters_v or len(clusters_v) % 4:
             raise _AttributeError(f"CLUSTER_LIST length {len(clusters_v)}, not a multiple of 4")
         clusters = tuple(IPv4Address(clusters_v[k : k + 4]) for k in range(0, len(clusters_v), 4))
     return PathAttributes(
