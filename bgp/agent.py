@@ -53,6 +53,7 @@ from bgp.model import (
     BGPConfig,
     BGPPeerInfo,
     IPAddress,
+    IPNetwork,
     NodeInfo,
     PeerSpec,
     PoolInfo,
@@ -76,7 +77,15 @@ from datastore.kv import KVStore
 from datastore.metrics import MetricsServer
 from datastore.model import Resource
 from datastore.syncer import Syncer, Update
-from kernel.routes import PROTO_BGP, Route, RouteTable
+from kernel.routes import (
+    PROTO_BGP,
+    ApplyResult,
+    OpResult,
+    OpStatus,
+    PlannedApply,
+    Route,
+    RouteTable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +132,10 @@ class PeerStatus:
 # The API reader lets the control loop run (route computation, kernel writes) after this many
 # prefixes of buffered UPDATEs (see BgpAgent._api_client).
 YIELD_AFTER_PREFIXES = 500
+# Learned prefixes whose kernel route one control pass computes at most; the rest wait for the
+# next pass, so that a table load is written in batches while the next batch is computed
+# (BgpAgent._apply_routes).
+KERNEL_BATCH = 1000
 
 
 class BgpAgent:
@@ -190,6 +203,9 @@ class BgpAgent:
         self._converged = False
         self._keep: dict[Any, Route] = {}  # kernel routes found at start, kept until converged
         self._learned: dict[Any, Route] | None = None  # desired routes for learned prefixes
+        self._changed: set[IPNetwork] = set()  # RIB changes whose kernel route is not computed
+        # the kernel writes under way in a worker thread (RouteTable.begin_apply), if any
+        self._writing: tuple[PlannedApply, asyncio.Future[list[OpResult]]] | None = None
         self._kernel_inputs: tuple[Any, ...] | None = None
         self._kernel_converged = False  # the convergence _keep was last applied for
         self._next_route_check = 0.0
@@ -835,6 +851,7 @@ class BgpAgent:
         inputs = (me, frozenset(self.my_blocks), tuple(pools), node_addrs)
         changed = self.rib.changes()
         if inputs != self._kernel_inputs or self._learned is None:
+            self._changed.clear()
             self._kernel_inputs = inputs
             self._kernel_converged = converged
             best = {p: self.rib.best(p) for p in self.rib.prefixes()}
@@ -871,10 +888,18 @@ class BgpAgent:
                 ):
                     self.routes.remove_route(dst)
             self._keep.clear()
-        if not changed:
+        if changed:
+            self._changed |= changed
+        if not self._changed:
             return flipped
+        if len(self._changed) > KERNEL_BATCH:
+            pending = self._changed
+            batch = [pending.pop() for _ in range(KERNEL_BATCH)]
+            self._work.set()  # the rest in the next pass, while this batch is written
+        else:
+            batch, self._changed = list(self._changed), set()
         calc = RouteCalculator(my_address=me, pools=pools, node_addresses=node_addrs)
-        for prefix in changed:
+        for prefix in batch:
             paths = self.rib.best(prefix)
             route = None
             if paths and isinstance(prefix, IPv4Network) and prefix not in self.my_blocks:
@@ -888,9 +913,42 @@ class BgpAgent:
         return True
 
     async def _apply_routes(self) -> None:
-        # ip -batch runs in a worker thread, so ExaBGP's messages keep being read meanwhile
-        # (its pipe must never fill); the route table is touched by no one else until then.
-        res = await asyncio.to_thread(self.routes.apply)
+        """Write the route table's changes to the kernel, in a worker thread (ExaBGP's messages
+        keep being read meanwhile: its pipe must never fill).
+
+        Pipelined: the writes of one batch run while the control loop computes the next
+        (``KERNEL_BATCH``), each pass first recording the batch before (one in flight at a
+        time). A read-back of the kernel, when due, runs with the whole apply in the thread,
+        nothing else in flight."""
+        await self._finish_writing()
+        if self.routes.resync_due():
+            self._log_routes(await asyncio.to_thread(self.routes.apply))
+            return
+        planned = self.routes.begin_apply()
+        if not planned.ops:
+            self._log_routes(self.routes.finish_apply(planned, []))
+            return
+        future = asyncio.ensure_future(asyncio.to_thread(self.routes.backend.apply, planned.ops))
+        future.add_done_callback(lambda _f: self._work.set())  # a pass records it
+        self._writing = (planned, future)
+
+    async def _finish_writing(self) -> None:
+        """Record the kernel writes under way, once they are done."""
+        if self._writing is None:
+            return
+        planned, future = self._writing
+        try:
+            results = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            raise  # the agent is stopping: the thread finishes on its own
+        except Exception as exc:  # the backend reports failures per op; this is a bug
+            log.exception("bgp.route_write_failed")
+            results = [OpResult(OpStatus.ERROR, f"route writer failed: {exc}")] * len(planned.ops)
+            self.routes.invalidate()
+        self._writing = None
+        self._log_routes(self.routes.finish_apply(planned, results))
+
+    def _log_routes(self, res: ApplyResult) -> None:
         self.metrics.observe_routes(res)
         if res.writes:
             log.info(
@@ -916,7 +974,7 @@ class BgpAgent:
                 self._reconcile_reflection()
                 self._reconcile_tunnel()
                 periodic = time.monotonic() >= self._next_route_check
-                if self._reconcile_kernel() or periodic:
+                if self._reconcile_kernel() or periodic or self._writing is not None:
                     self._next_route_check = time.monotonic() + 5.0
                     if periodic and self.routes.conflicts:
                         # A foreign route (e.g. a static default) holds a destination we want:

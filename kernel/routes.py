@@ -28,7 +28,7 @@ Invariants:
   every route of our protocol that is not desired.
 
 Write path: by default ``kernel.rtnl_routes.NetlinkRouteBackend``, rtnetlink requests sent in
-batches of 128 with one acknowledgement per batch (failures still map to their route): 10,000
+batches of 1024 with one acknowledgement per batch (failures still map to their route): 10,000
 routes in ~35 ms of kernel time. ``IpRouteBackend`` below is the iproute2 alternative, one
 ``ip -force -batch -`` process per apply (``-force`` goes on past failed lines and reports each as
 ``Command failed -:LINE``): ~0.1 s for 10,000 routes (pyroute2: ~2 s). Read-back (both):
@@ -547,6 +547,16 @@ class _Counters:
     failed: list[RouteFailure] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedApply:
+    """Phase one of a split apply (``RouteTable.begin_apply``): the ops to write."""
+
+    ops: tuple[RouteOp, ...]
+    extras: int  # the first ``extras`` ops delete duplicates of ours
+    resynced: bool
+    start: float
+
+
 class RouteTable:
     """Desired routes of one protocol in one table of one family; see the module docstring."""
 
@@ -588,6 +598,7 @@ class RouteTable:
         self._warned: set[IPNetwork] = set()  # conflicts logged (once while they last)
         self._resync_due = True
         self._last_resync = 0.0
+        self._inflight: set[IPNetwork] = set()  # planned, written by a split apply not finished
 
     # -- desired state (no I/O) -----------------------------------------------------------
 
@@ -733,7 +744,10 @@ class RouteTable:
             return RouteOp(kind, route, self.protocol, self.table)
 
         deletes.extend(op(OpKind.DELETE, r) for r in self._extra)
+        inflight = self._inflight
         for dst in self._dirty:
+            if inflight and dst in inflight:
+                continue  # its write is under way: planned again once it is recorded
             want = self.desired(dst)
             have = self._actual.get(dst)
             suspect = bool(self._suspect) and dst in self._suspect
@@ -780,20 +794,43 @@ class RouteTable:
         """Bring the kernel to the desired state; the only method that writes.
 
         ``allow_refresh=False`` postpones a due periodic read-back (not a needed one)."""
+        planned = self.begin_apply(allow_refresh=allow_refresh)
+        results = self.backend.apply(planned.ops) if planned.ops else []
+        return self.finish_apply(planned, results)
+
+    def resync_due(self, *, allow_refresh: bool = True) -> bool:
+        """Whether the next apply reads the kernel back first."""
+        periodic = self._clock() - self._last_resync >= self.refresh_interval
+        return self._resync_due or (periodic and allow_refresh)
+
+    def begin_apply(self, *, allow_refresh: bool = True) -> PlannedApply:
+        """``apply`` in three steps, so that the kernel writes can run in another thread while
+        the owner goes on changing the desired state: ``begin_apply`` (the owner's thread: a
+        read-back if due, then the plan), ``backend.apply(planned.ops)`` (any thread: touches
+        nothing of the table), ``finish_apply`` (the owner's thread). The destinations being
+        written are not planned again until their results are recorded; one split apply at a
+        time. ``begin_apply`` reads the kernel when a read-back is due (``resync_due``)."""
+        if self._inflight:
+            raise RuntimeError("begin_apply: the previous split apply is not finished")
         start = time.perf_counter()
         resynced = False
-        periodic = self._clock() - self._last_resync >= self.refresh_interval
-        if self._resync_due or (periodic and allow_refresh):
+        if self.resync_due(allow_refresh=allow_refresh):
             self._resync()
             resynced = True
         extras = len(self._extra)
-        ops = self._plan()
-        results = self.backend.apply(ops) if ops else []
+        ops = tuple(self._plan())
+        self._extra = []  # a failed extra delete schedules a resync, which finds it again
+        self._inflight = {o.route.dst for o in ops}
+        return PlannedApply(ops, extras, resynced, start)
+
+    def finish_apply(self, planned: PlannedApply, results: Sequence[OpResult]) -> ApplyResult:
+        """Record what ``backend.apply(planned.ops)`` did (see ``begin_apply``)."""
+        self._inflight = set()
+        ops = planned.ops
         c = _Counters()
         for i, (o, res) in enumerate(zip(ops, results, strict=True)):
-            self._record(o, res, c, extra=i < extras)
-        self._extra = []  # a failed extra delete schedules a resync, which finds it again
-        duration = time.perf_counter() - start
+            self._record(o, res, c, extra=i < planned.extras)
+        duration = time.perf_counter() - planned.start
         result = ApplyResult(
             added=c.added,
             replaced=c.replaced,
@@ -801,11 +838,11 @@ class RouteTable:
             failed=tuple(c.failed),
             conflicts=tuple(sorted(self._conflicts, key=_net_key)),
             pending=len(self._waiting),
-            resynced=resynced,
+            resynced=planned.resynced,
             writes=len(ops),
             duration=duration,
         )
-        if ops or resynced:
+        if ops or planned.resynced:
             log.info(
                 "routes.apply proto=%d table=%d v%d added=%d replaced=%d deleted=%d failed=%d "
                 "conflicts=%d pending=%d resync=%s ms=%.1f",
@@ -818,7 +855,7 @@ class RouteTable:
                 len(c.failed),
                 len(self._conflicts),
                 len(self._waiting),
-                resynced,
+                planned.resynced,
                 duration * 1000,
             )
         return result
@@ -837,7 +874,11 @@ class RouteTable:
             self._actual[dst] = o.route
             if self._suspect:
                 self._suspect.discard(dst)
-            self._dirty.discard(dst)
+            want = self._prefix.get(dst)  # desired(dst), inlined for the common case
+            if want is None and self._iface_owner:
+                want = self.desired(dst)
+            if want is o.route or want == o.route:
+                self._dirty.discard(dst)  # (desired may have changed while it was written)
             if o.kind is OpKind.ADD:
                 c.added += 1
             else:

@@ -16,7 +16,7 @@ here (kernel time; building the messages ~3 ms), because nothing waits per route
   chunk, mapped to its op, and no reply at all for the ones that worked.
 - NETLINK_CAP_ACK (errors do not echo the request) and NETLINK_EXT_ACK (the kernel's own error
   text, e.g. "Nexthop has invalid gateway", as ``ip`` prints it) are set on the socket.
-- A chunk is small enough (``CHUNK``) that its error replies fit the receive buffer; an
+- A chunk (``CHUNK``) is small enough that its error replies fit the receive buffer; an
   overrun (ENOBUFS) fails the whole chunk, which makes the route table re-read the kernel.
 
 Encoding follows iproute2's ``ip route {add,replace,del}``: ADD is NLM_F_CREATE|NLM_F_EXCL,
@@ -55,7 +55,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CHUNK", "NetlinkRouteBackend", "encode_op"]
 
-CHUNK = 128
+# Requests per send: one acknowledgement each. Large, because a sender running in a worker
+# thread gives up the GIL during the send (the kernel inserts the routes in it) and then waits
+# for it again: with 128, the GIL round trips dominated while the agent's main thread computed
+# the next batch (docs/bench/bgp.md). Error replies of a whole chunk (~100 bytes each with
+# NETLINK_CAP_ACK) fit the 1 MiB receive buffer.
+CHUNK = 1024
 REPLY_TIMEOUT = 10.0  # seconds without the kernel's reply: the socket is given up
 
 SOL_NETLINK = 270

@@ -170,8 +170,8 @@ def test_netlink_failures_map_to_their_op_across_chunks(netns: NetnsFactory) -> 
     ns_exec(ns, ["ip", "route", "add", "10.99.0.0/24", "via", "198.51.100.2", "proto", "static"])
     gw = ip_address("198.51.100.9")
     ops = [
-        op(OpKind.REPLACE, Route(net(f"10.70.{i // 4}.{(i % 4) * 64}/26"), gateway=gw))
-        for i in range(3 * CHUNK)
+        op(OpKind.REPLACE, Route(IPv4Network((0x0A460000 + 64 * i, 26)), gateway=gw))
+        for i in range(3 * CHUNK)  # 10.70.0.0/26 onwards
     ]
     bad_gw = {5, CHUNK - 1, CHUNK + 7}  # unreachable gateway: the kernel refuses
     for i in bad_gw:

@@ -4,19 +4,20 @@ kernel routes kept from before a restart, which go at convergence unless learned
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
 from bgp import exabgp_api as api
-from bgp.agent import BgpAgent, PeerStatus
+from bgp.agent import KERNEL_BATCH, BgpAgent, PeerStatus
 from bgp.model import Path as RibPath
 from bgp.model import PeerSpec
 from datastore.codec import encode, resource_from_dict
 from datastore.keys import resource_key
 from datastore.syncer import Update
-from kernel.routes import Route
+from kernel.routes import FakeRouteBackend, Route
 from tests.support.bgp import fake_agent, peer_spec
 
 ME = "198.51.100.1"
@@ -111,3 +112,41 @@ def test_kept_routes_go_at_convergence_unless_learned_again(tmp_path: Path) -> N
     assert wanted[block].type == "blackhole"  # our block's blackhole stays
     assert IPv4Network("10.68.0.0/26") in wanted
     assert agent._keep == {}
+
+
+def test_a_table_load_is_computed_and_written_in_batches(tmp_path: Path) -> None:
+    """More changed prefixes than KERNEL_BATCH: each pass computes one batch and starts its
+    writes (worker thread) after recording the batch before; every route ends in the kernel."""
+    agent = _agent(tmp_path)
+    _put(agent, _node("node1", ME), 1)
+    agent.peers[PEER] = PeerStatus(_spec(client=False), state="established")
+    gw = IPv4Address("198.51.100.2")
+    moved = IPv4Address("198.51.100.3")
+    path = RibPath(next_hop=gw, peer=PEER)
+    total = 2 * KERNEL_BATCH + 10
+    prefixes = [IPv4Network((0x0A400000 + 64 * i, 26)) for i in range(total)]
+    agent.rib.update_many(PEER, ((p, path) for p in prefixes))
+    backend = agent.routes.backend
+    assert isinstance(backend, FakeRouteBackend)
+    written: list[int] = []
+
+    async def passes() -> None:
+        agent._reconcile_kernel()  # first pass: every input is new, all computed at once
+        await agent._apply_routes()
+        for p in prefixes[: KERNEL_BATCH + 5]:  # then a second wave of changes
+            agent.rib.update(PEER, p, dataclasses.replace(path, next_hop=moved))
+        while True:
+            agent._work.clear()
+            more = agent._reconcile_kernel()
+            await agent._apply_routes()
+            written.append(len(backend.table(81)))
+            if not more and agent._writing is None and not agent._work.is_set():
+                break
+
+    asyncio.run(passes())
+    assert len(written) >= 3  # the second wave took more than one pass
+    assert agent._writing is None and agent._changed == set()
+    assert set(backend.table(81)) == set(prefixes)
+    assert backend.table(81) == agent.routes.desired_routes()
+    moved_now = {p for p, r in backend.table(81).items() if r.gateway == moved}
+    assert moved_now == set(prefixes[: KERNEL_BATCH + 5])

@@ -276,3 +276,56 @@ def test_result_depends_on_state_not_on_call_sequence() -> None:
     rt2.set_routes(b)
     rt2.apply()
     assert fake1.table(FELIX) == fake2.table(FELIX)
+
+
+# -- split apply: the writes of one batch while the owner changes the desired state ------------
+
+
+def gw_route(dst: str, gw: str = "198.51.100.9") -> Route:
+    return Route(net(dst), gateway=ip_address(gw))
+
+
+def test_split_apply_converges_like_apply() -> None:
+    fake, rt = make()
+    rt.set_routes([gw_route("10.1.0.0/26"), dev_route("10.2.0.0/26", "tbw1")])
+    planned = rt.begin_apply()
+    assert {o.route.dst for o in planned.ops} == {net("10.1.0.0/26"), net("10.2.0.0/26")}
+    res = rt.finish_apply(planned, fake.apply(planned.ops))
+    assert res.added == 2 and res.writes == 2 and res.resynced
+    assert fake.table(FELIX) == rt.desired_routes()
+    assert rt.apply().writes == 0  # nothing left to do
+
+
+def test_split_apply_changes_during_the_writes_are_applied_next() -> None:
+    """Routes changed or removed while their write is under way are not lost, and a
+    destination in flight is not planned twice."""
+    fake, rt = make()
+    rt.set_routes([gw_route("10.1.0.0/26"), gw_route("10.3.0.0/26")])
+    planned = rt.begin_apply()
+    # meanwhile (another thread writes planned.ops): 10.1 changes, 10.3 goes, 10.4 comes
+    rt.set_route(gw_route("10.1.0.0/26", "198.51.100.7"))
+    rt.remove_route(net("10.3.0.0/26"))
+    rt.set_route(gw_route("10.4.0.0/26"))
+    with pytest.raises(RuntimeError):
+        rt.begin_apply()  # one split apply at a time
+    rt.finish_apply(planned, fake.apply(planned.ops))
+    second = rt.begin_apply()
+    kinds = {(o.kind.value, str(o.route.dst)) for o in second.ops}
+    assert kinds == {("replace", "10.1.0.0/26"), ("del", "10.3.0.0/26"), ("add", "10.4.0.0/26")}
+    rt.finish_apply(second, fake.apply(second.ops))
+    assert fake.table(FELIX) == rt.desired_routes()
+    assert set(rt.desired_routes()) == {net("10.1.0.0/26"), net("10.4.0.0/26")}
+    assert rt.apply().writes == 0
+
+
+def test_split_apply_in_flight_destinations_are_not_planned_again() -> None:
+    fake, rt = make()
+    rt.set_route(gw_route("10.1.0.0/26"))
+    planned = rt.begin_apply()
+    rt.set_route(gw_route("10.1.0.0/26", "198.51.100.7"))  # dirty again, but in flight
+    rt.set_route(gw_route("10.2.0.0/26"))
+    rt.finish_apply(planned, fake.apply(planned.ops))  # wrote the first 10.1 route
+    assert fake.table(FELIX)[net("10.1.0.0/26")].gateway == ip_address("198.51.100.9")
+    res = rt.apply()
+    assert (res.added, res.replaced, res.writes) == (1, 1, 2)
+    assert fake.table(FELIX) == rt.desired_routes()
