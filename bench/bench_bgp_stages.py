@@ -1,16 +1,17 @@
 """Benchmark: tabby-bgp's receive path per route, stage by stage, in one thread (no kernel).
 
-Run: ``.venv/bin/python -m bench.bench_bgp_stages [--routes 10000] [--per-update 810]
-[--repeat 3]`` (no root needed: nothing is written to a kernel, the route table has the
-stateful fake backend). Writes docs/bench/bgp-stages.md (``--out``); the numbers back the CPU
-budget in docs/bench/bgp.md.
+Run: ``.venv/bin/python -m bench.bench_bgp_stages [--routes 10000] [--repeat 3]`` (no root
+needed: nothing is written to a kernel, the route table has the stateful fake backend). Writes
+docs/bench/bgp-stages.md (``--out``); the numbers back the CPU budget in docs/bench/bgp.md.
 
-The input is what ExaBGP 5.0 hands the agent for the feed of ``bench.bench_bgp``: JSON UPDATE
-lines of ``--per-update`` /26 prefixes each, one next hop, ORIGIN IGP, LOCAL_PREF 100. Each stage
-is the agent's own code, in the order the agent runs it for a table load:
+The input is what ExaBGP 5.0 hands the agent for the feed of ``bench.bench_bgp`` (its UPDATEs:
+4096-octet messages of 810 /26 prefixes, one next hop, ORIGIN IGP, LOCAL_PREF 100): one API
+line per UPDATE with the message's bytes in hex. Each stage is the agent's own code, in the
+order the agent runs it for a table load:
 
-1. ``exabgp_api.parse_line``: JSON line -> ``UpdateEvent``;
-2. ``Rib.update_many`` with ``UpdateEvent.paths``: the Adj-RIB-In;
+1. ``exabgp_api.parse_line`` + ``exabgp_api.decode_raw`` (``bgp.wire``): line -> bytes ->
+   ``UpdateEvent``;
+2. ``Rib.announce`` with ``UpdateEvent.path_groups``: the Adj-RIB-In;
 3. best path + ``RouteCalculator.route`` + ``RouteTable.set_route`` for each changed prefix
    (the incremental body of ``BgpAgent._reconcile_kernel``);
 4. ``RouteTable._plan``: the diff against what the kernel holds (empty here);
@@ -18,7 +19,7 @@ is the agent's own code, in the order the agent runs it for a table load:
 6. ``RouteTable._record``: bookkeeping of the (fake) results.
 
 The kernel's own work per route (~3.4 us of system time on the project's machine, see
-docs/bench/routes.md) comes on top, as do ExaBGP's decoding and JSON encoding.
+docs/bench/routes.md) comes on top, as does ExaBGP's reading of the messages.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path as FilePath
 from typing import Any
 
+from bench.bench_bgp import feed_prefixes, update_msgs
 from bgp import exabgp_api as api
 from bgp.kernel_routes import RouteCalculator
 from bgp.model import Path, PoolInfo
@@ -46,17 +48,15 @@ PEER = IPv4Address("198.51.100.10")
 RESULTS = FilePath(__file__).resolve().parent.parent / "docs" / "bench" / "bgp-stages.md"
 
 
-def update_lines(routes: int, per_update: int) -> list[str]:
-    base = int(IPv4Address("10.64.0.0"))
-    prefixes = [f"{IPv4Address(base + i * 64)}/26" for i in range(routes)]
+def update_lines(routes: int) -> list[str]:
+    """The API lines ExaBGP writes for the feed of ``bench.bench_bgp``: each UPDATE's bytes."""
+    stream = update_msgs(feed_prefixes(routes), PEER)
     out = []
-    for c in range(0, routes, per_update):
-        update = {
-            "attribute": {"origin": "igp", "local-preference": 100},
-            "announce": {
-                "ipv4 unicast": {str(PEER): [{"nlri": p} for p in prefixes[c : c + per_update]]}
-            },
-        }
+    offset = 0
+    while offset < len(stream):
+        length = int.from_bytes(stream[offset + 16 : offset + 18], "big")
+        header, body = stream[offset : offset + 19], stream[offset + 19 : offset + length]
+        offset += length
         doc = {
             "exabgp": "5.0.0",
             "type": "update",
@@ -64,7 +64,11 @@ def update_lines(routes: int, per_update: int) -> list[str]:
                 "address": {"local": "198.51.100.1", "peer": str(PEER)},
                 "asn": {"local": 64512, "peer": 64512},
                 "direction": "receive",
-                "message": {"update": update},
+                "message": {
+                    "category": 2,
+                    "header": "0x" + header.hex().upper(),
+                    "body": "0x" + body.hex().upper(),
+                },
             },
         }
         out.append(json.dumps(doc))
@@ -81,12 +85,23 @@ def one_pass(lines: Sequence[str], routes: int) -> dict[str, float]:
         out[name] = (time.perf_counter() - t) / routes
         return result
 
-    events = stage("parse_line", lambda: [api.parse_line(line) for line in lines])
+    def decode() -> list[api.UpdateEvent]:
+        out = []
+        for line in lines:
+            raw = api.parse_line(line)
+            assert isinstance(raw, api.RawUpdateEvent)
+            ev = api.decode_raw(raw)
+            assert isinstance(ev, api.UpdateEvent)
+            out.append(ev)
+        return out
+
+    events = stage("decode", decode)
     rib = Rib()
 
     def rib_updates() -> None:
         for ev in events:
-            rib.update_many(PEER, ev.paths(None))
+            for path, prefixes in ev.path_groups(None):
+                rib.announce(PEER, path, prefixes)
 
     stage("rib", rib_updates)
     changed = rib.changes()
@@ -124,8 +139,8 @@ def one_pass(lines: Sequence[str], routes: int) -> dict[str, float]:
 
 
 LABELS = {
-    "parse_line": "JSON line -> events (`exabgp_api.parse_line`)",
-    "rib": "Adj-RIB-In (`Rib.update_many`)",
+    "decode": "API line -> UPDATE bytes -> routes (`parse_line`, `decode_raw`)",
+    "rib": "Adj-RIB-In (`Rib.announce`)",
     "reconcile": "best path + kernel route + desired state (`_reconcile_kernel` body)",
     "plan": "diff against the kernel (`RouteTable._plan`)",
     "encode": "rtnetlink encoding (`encode_op`)",
@@ -136,11 +151,10 @@ LABELS = {
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--routes", type=int, default=10_000)
-    ap.add_argument("--per-update", type=int, default=810)
     ap.add_argument("--repeat", type=int, default=3, help="passes; the best is reported")
     ap.add_argument("--out", type=FilePath, default=RESULTS)
     args = ap.parse_args(argv)
-    lines = update_lines(args.routes, args.per_update)
+    lines = update_lines(args.routes)
     passes = [one_pass(lines, args.routes) for _ in range(args.repeat)]
     best = {k: min(p[k] for p in passes) for k in passes[0]}
     load = FilePath("/proc/loadavg").read_text().split()[:3]
@@ -154,9 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC, load average at start {load}. "
         "Method: see the module docstring of `bench/bench_bgp_stages.py`.",
         "",
-        f"{args.routes} routes in UPDATEs of {args.per_update} prefixes, best of "
-        f"{args.repeat} passes, one thread, no kernel (the kernel's own ~3.4 us per route and "
-        "ExaBGP's decoding come on top).",
+        f"{args.routes} routes in {len(lines)} UPDATEs, best of {args.repeat} passes, one "
+        "thread, no kernel (the kernel's own ~3.4 us per route and ExaBGP's reading come on "
+        "top).",
         "",
         "| stage | us per route |",
         "|---|---:|",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -136,6 +137,7 @@ YIELD_AFTER_PREFIXES = 500
 # next pass, so that a table load is written in batches while the next batch is computed
 # (BgpAgent._apply_routes).
 KERNEL_BATCH = 1000
+GC_GEN0_THRESHOLD = 20_000  # allocations between young-generation collections (default 700)
 
 
 class BgpAgent:
@@ -507,15 +509,6 @@ class BgpAgent:
             peer = ev.session.peer
             st = self.peers.get(peer)  # type: ignore[arg-type]
             rid = st.router_id if st is not None else None
-            rejected: dict[int, bool] = {}  # per Path object (prefixes share them)
-
-            def accepted(path: RibPath) -> RibPath | None:
-                # RFC 4456 loop prevention: a rejected route is treated as withdrawn
-                bad = rejected.get(id(path))
-                if bad is None:
-                    bad = rejected[id(path)] = self._loop_rejects(st, path)
-                return None if bad else path
-
             if ev.problem:
                 log.warning(
                     "bgp.update_treat_as_withdraw peer=%s prefixes=%d error=%s",
@@ -525,8 +518,13 @@ class BgpAgent:
                 )
                 if st is not None:
                     st.malformed += 1
-            self.rib.update_many(peer, ((p, accepted(path)) for p, path in ev.paths(rid)))
+            # in the order of the message: its withdrawn routes first, then its NLRI (as BIRD)
             self.rib.update_many(peer, ((p, None) for p in ev.withdrawn))
+            for path, prefixes in ev.path_groups(rid):
+                if self._loop_rejects(st, path):  # RFC 4456: treated as withdrawn
+                    self.rib.update_many(peer, ((p, None) for p in prefixes))
+                else:
+                    self.rib.announce(peer, path, prefixes)
             if st is not None:
                 st.received = self.rib.count(peer)
             self._work.set()
@@ -1118,6 +1116,12 @@ class BgpAgent:
         except Exception as exc:  # a read failure just means nothing is kept
             log.warning("bgp.read_kernel_failed error=%s", exc)
         self.syncer.start()
+        # Everything allocated so far (modules, clients) lives as long as the agent: out of the
+        # collector's way. A table load allocates ~5 objects per route, almost none in cycles:
+        # with the default gen0 threshold (700) the collector ran ~70 times per 10,000 routes,
+        # gen2 passes included (measured: ~10 % of the receive path's time).
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         log.info("bgp.start node=%s state_dir=%s", self.s.node_name, self.s.state_dir)
         try:
             async with asyncio.TaskGroup() as tg:

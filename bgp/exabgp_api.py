@@ -164,25 +164,35 @@ class UpdateEvent:
         """Every prefix the UPDATE names, announced or withdrawn."""
         return (*(p for _hop, prefixes in self.reach for p in prefixes), *self.withdrawn)
 
-    def paths(self, router_id: IPv4Address | None) -> Iterable[tuple[IPv4Network, Path]]:
-        """The announced routes as RIB paths (``router_id``: the peer's, from its OPEN).
-
-        The prefixes of one next hop share one ``Path`` value (a path does not name its
-        prefix), so an UPDATE of 800 prefixes builds one or a few."""
+    def path_groups(
+        self, router_id: IPv4Address | None
+    ) -> list[tuple[Path, tuple[IPv4Network, ...]]]:
+        """The announced routes as RIB paths (``router_id``: the peer's, from its OPEN), one
+        ``Path`` value per next hop with the prefixes that share it (a path does not name its
+        prefix): an UPDATE of 800 prefixes builds one."""
         a = self.attributes
-        for hop, prefixes in self.reach:
-            path = Path(
-                next_hop=hop,
-                peer=self.session.peer,
-                origin=a.origin,
-                as_path=a.as_path,
-                local_pref=a.local_pref,
-                med=a.med,
-                originator_id=a.originator_id,
-                cluster_list=a.cluster_list,
-                ebgp=self.session.ebgp,
-                router_id=router_id,
+        return [
+            (
+                Path(
+                    next_hop=hop,
+                    peer=self.session.peer,
+                    origin=a.origin,
+                    as_path=a.as_path,
+                    local_pref=a.local_pref,
+                    med=a.med,
+                    originator_id=a.originator_id,
+                    cluster_list=a.cluster_list,
+                    ebgp=self.session.ebgp,
+                    router_id=router_id,
+                ),
+                prefixes,
             )
+            for hop, prefixes in self.reach
+        ]
+
+    def paths(self, router_id: IPv4Address | None) -> Iterable[tuple[IPv4Network, Path]]:
+        """``path_groups`` flattened: (prefix, path) per announced prefix."""
+        for path, prefixes in self.path_groups(router_id):
             for prefix in prefixes:
                 yield prefix, path
 

@@ -86,7 +86,16 @@ def containing_pool(prefix: IPNetwork, pools: Iterable[PoolInfo]) -> PoolInfo | 
 class _Context:
     """What every prefix of one ``desired_routes`` call shares, precomputed once."""
 
-    __slots__ = ("hops", "my_ip", "node_addresses", "pools", "sub_hi", "sub_lo", "tunnel")
+    __slots__ = (
+        "hops",
+        "my_ip",
+        "node_addresses",
+        "pools",
+        "single",
+        "sub_hi",
+        "sub_lo",
+        "tunnel",
+    )
 
     def __init__(
         self,
@@ -101,6 +110,10 @@ class _Context:
         self.node_addresses = node_addresses
         self.tunnel = tunnel
         self.hops: dict[tuple[int, str, bool], NextHop] = {}
+        # (id(path), id(pool)) -> (next hop as int, next hop in our subnet, next hop) of a
+        # prefix's only best path; None: that path gives no route. Keyed by identity: a
+        # context lives for one calculation, during which the RIB keeps every path alive.
+        self.single: dict[tuple[int, int], tuple[int, bool, NextHop] | None] = {}
 
     def hop(self, nh: IPv4Address, mode: str, in_subnet: bool) -> NextHop:
         key = (int(nh), mode, in_subnet)
@@ -114,33 +127,60 @@ class _Context:
         return hop
 
 
+_SIZES = tuple(1 << (32 - n) for n in range(33))  # addresses in an IPv4 prefix, by length
+
+
+def _hop_for(p: Path, pool: PoolInfo | None, ctx: _Context) -> tuple[int, bool, NextHop] | None:
+    """What the next hop of ``p`` gives under ``pool``, before the per-prefix check."""
+    if pool is None and p.peer in ctx.node_addresses:
+        return None
+    nh = p.next_hop
+    if not isinstance(nh, IPv4Address):
+        return None
+    n = int(nh)
+    if n == ctx.my_ip:
+        return None
+    in_subnet = ctx.sub_lo <= n <= ctx.sub_hi
+    mode = pool.ipip_mode if pool is not None else "Never"
+    return n, in_subnet, ctx.hop(nh, mode, in_subnet)
+
+
 def _route_for(prefix: IPv4Network, paths: Sequence[Path], ctx: _Context) -> Route | None:
-    lo, hi = _span(prefix)
+    lo = int(prefix.network_address)
+    hi = lo + _SIZES[prefix.prefixlen] - 1
     if ctx.sub_lo <= lo and hi <= ctx.sub_hi:
         return None  # inside our own subnet
     pool = ctx.pools.find(4, lo, hi)
-    mode = pool.ipip_mode if pool is not None else "Never"
+    if len(paths) == 1:  # the common case: computed once per path and pool
+        p = paths[0]
+        key = (id(p), id(pool))
+        try:
+            info = ctx.single[key]
+        except KeyError:
+            info = ctx.single[key] = _hop_for(p, pool, ctx)
+        if info is None:
+            return None
+        n, in_subnet, h = info
+        if lo <= n <= hi and not in_subnet:
+            return None  # reachable only through this very route
+        assert h.gateway is not None
+        return Route.via(prefix, h.gateway, h.ifname, h.onlink)
     hops: list[NextHop] = []
     for p in paths:
-        if pool is None and p.peer in ctx.node_addresses:
+        got = _hop_for(p, pool, ctx)
+        if got is None:
             continue
-        nh = p.next_hop
-        if not isinstance(nh, IPv4Address):
-            continue
-        n = int(nh)
-        if n == ctx.my_ip:
-            continue
-        in_subnet = ctx.sub_lo <= n <= ctx.sub_hi
+        n, in_subnet, hop = got
         if lo <= n <= hi and not in_subnet:
             continue  # reachable only through this very route
-        hop = ctx.hop(nh, mode, in_subnet)
         if hop not in hops:
             hops.append(hop)
     if not hops:
         return None
     if len(hops) == 1:
         h = hops[0]
-        return Route(dst=prefix, gateway=h.gateway, ifname=h.ifname, onlink=h.onlink)
+        assert h.gateway is not None
+        return Route.via(prefix, h.gateway, h.ifname, h.onlink)
     return Route(dst=prefix, nexthops=tuple(hops))
 
 

@@ -193,6 +193,38 @@ class Rib:
             for w in watchers:
                 w.add(prefix)
 
+    def announce(self, peer: IPAddress, path: Path, prefixes: Iterable[IPNetwork]) -> None:
+        """``update(peer, prefix, path)`` for each of ``prefixes``: the prefixes of one UPDATE
+        share one path, so it is checked once and the loop does only the dictionary work."""
+        if path.peer != peer:
+            raise ValueError(f"path from {path.peer} recorded for peer {peer}")
+        if self._stale.get(peer):  # rare (a restarting peer): the general case clears marks
+            self.update_many(peer, ((p, path) for p in prefixes))
+            return
+        adj = self._adj.get(peer)
+        if adj is None:
+            adj = {}
+        by_prefix = self._by_prefix
+        known = adj.get
+        candidates = by_prefix.get
+        mark = self._dirty.add
+        watchers = [w.add for w in self._watchers.values()]
+        for prefix in prefixes:
+            old = known(prefix)
+            if old is not None and (old is path or old == path):
+                continue
+            adj[prefix] = path
+            cands = candidates(prefix)
+            if cands is None:
+                by_prefix[prefix] = {peer: path}
+            else:
+                cands[peer] = path
+            mark(prefix)
+            for watcher in watchers:
+                watcher(prefix)
+        if adj:
+            self._adj[peer] = adj
+
     def peer_down(
         self,
         peer: IPAddress,

@@ -178,6 +178,33 @@ class Route:
         if self.metric is None:
             object.__setattr__(self, "metric", 0 if v4 else 1024)
 
+    @classmethod
+    def via(
+        cls, dst: IPNetwork, gateway: IPAddress, ifname: str | None = None, onlink: bool = False
+    ) -> Route:
+        """``Route(dst, gateway=gateway, ifname=ifname, onlink=onlink)``, built ~3 times faster
+        (the BGP agent makes one per learned prefix): the same checks and normalisation for
+        this one shape, without the general ``__post_init__``. Equal to the constructor's
+        result (tests/unit/test_routes_codec.py)."""
+        if gateway.version != dst.version:
+            raise InvalidRouteError(f"route {dst}: gateway family mismatch")
+        if ifname is not None and ifname not in _GOOD_IFNAMES:
+            if not _IFNAME.match(ifname):
+                raise InvalidRouteError(f"route {dst}: ifname {ifname!r} is not an interface name")
+            _GOOD_IFNAMES.add(ifname)
+        if onlink and ifname is None:
+            raise InvalidRouteError(f"route {dst}: onlink needs gateway and ifname")
+        r = _new(cls)
+        _SET_DST(r, dst)
+        _SET_IFNAME(r, ifname)
+        _SET_GATEWAY(r, gateway)
+        _SET_ONLINK(r, onlink)
+        _SET_SCOPE(r, "universe")
+        _SET_TYPE(r, "unicast")
+        _SET_NEXTHOPS(r, ())
+        _SET_METRIC(r, 0 if dst.version == 4 else 1024)
+        return r
+
     @property
     def ifnames(self) -> frozenset[str]:
         """Interfaces this route needs."""
@@ -212,6 +239,27 @@ class Route:
         return self.ifname is None or self.ifname == have.ifname
 
 
+# Slot setters of Route and RouteOp: what a frozen dataclass's ``__init__`` does, without the
+# per-field ``object.__setattr__`` calls (Route.via, RouteTable._plan).
+_new = object.__new__
+
+
+def _setter(cls: type, name: str) -> Callable[[object, object], None]:
+    setter: Callable[[object, object], None] = cls.__dict__[name].__set__
+    return setter
+
+
+_SET_DST = _setter(Route, "dst")
+_SET_IFNAME = _setter(Route, "ifname")
+_SET_GATEWAY = _setter(Route, "gateway")
+_SET_ONLINK = _setter(Route, "onlink")
+_SET_SCOPE = _setter(Route, "scope")
+_SET_TYPE = _setter(Route, "type")
+_SET_NEXTHOPS = _setter(Route, "nexthops")
+_SET_METRIC = _setter(Route, "metric")
+_GOOD_IFNAMES: set[str] = set()  # names already checked against _IFNAME
+
+
 @dataclass(frozen=True, slots=True)
 class KernelRoute:
     """A route read from the kernel with the protocol that owns it."""
@@ -232,6 +280,23 @@ class RouteOp:
     route: Route
     protocol: int
     table: int
+
+
+_SET_OP_KIND = _setter(RouteOp, "kind")
+_SET_OP_ROUTE = _setter(RouteOp, "route")
+_SET_OP_PROTOCOL = _setter(RouteOp, "protocol")
+_SET_OP_TABLE = _setter(RouteOp, "table")
+
+
+def _route_op(kind: OpKind, route: Route, protocol: int, table: int) -> RouteOp:
+    """``RouteOp(kind, route, protocol, table)`` without the frozen dataclass's ``__init__``
+    (one per route written)."""
+    o = _new(RouteOp)
+    _SET_OP_KIND(o, kind)
+    _SET_OP_ROUTE(o, route)
+    _SET_OP_PROTOCOL(o, protocol)
+    _SET_OP_TABLE(o, table)
+    return o
 
 
 class OpStatus(enum.Enum):
@@ -740,16 +805,23 @@ class RouteTable:
         writes: list[RouteOp] = []
         done: list[IPNetwork] = []
 
+        protocol, table = self.protocol, self.table
+
         def op(kind: OpKind, route: Route) -> RouteOp:
-            return RouteOp(kind, route, self.protocol, self.table)
+            return _route_op(kind, route, protocol, table)
 
         deletes.extend(op(OpKind.DELETE, r) for r in self._extra)
         inflight = self._inflight
+        prefix_route = self._prefix.get
+        actual = self._actual.get
+        iface_owner = self._iface_owner
         for dst in self._dirty:
             if inflight and dst in inflight:
                 continue  # its write is under way: planned again once it is recorded
-            want = self.desired(dst)
-            have = self._actual.get(dst)
+            want = prefix_route(dst)  # desired(dst), inlined for the common case
+            if want is None and iface_owner:
+                want = self.desired(dst)
+            have = actual(dst)
             suspect = bool(self._suspect) and dst in self._suspect
             if want is None:
                 if have is None:
@@ -777,7 +849,7 @@ class RouteTable:
             if self._waiting and dst in self._waiting:
                 continue
             if have is None:
-                writes.append(op(OpKind.ADD, want))
+                writes.append(_route_op(OpKind.ADD, want, protocol, table))
             elif have.metric != want.metric:
                 deletes.append(op(OpKind.DELETE, have))
                 writes.append(op(OpKind.ADD, want))

@@ -248,3 +248,53 @@ def test_winner_is_in_the_ecmp_set_and_ecmp_members_tie(
     assert len(set(key)) == 1
     rnd.shuffle(cands)
     assert select(cands, ecmp=True) == multi
+
+
+def _state(rib: Rib) -> tuple[object, ...]:
+    return (rib._adj, rib._by_prefix, rib._stale, rib._dirty, rib._watchers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["198.51.100.2", "198.51.100.3"]),
+            st.integers(0, 2),  # which path (2: withdraw)
+            st.lists(st.integers(0, 15), max_size=6),  # which prefixes
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_announce_is_update_many_for_one_path(
+    steps: list[tuple[str, int, list[int]]], restart: bool
+) -> None:
+    """``announce(peer, path, prefixes)`` leaves exactly the state ``update_many`` leaves,
+    stale marks (a peer restarting) and a second consumer's changes included."""
+    a, b = Rib(), Rib()
+    for rib in (a, b):
+        rib.watch("reflect")
+    for i, (peer_text, which, idx) in enumerate(steps):
+        peer = ip_address(peer_text)
+        prefixes = [IPv4Network((0x0A000000 + 256 * k, 24)) for k in idx]
+        if restart and i == len(steps) // 2:
+            for rib in (a, b):
+                rib.peer_down(peer, stale=True, now=0.0, restart_time=60.0)
+        if which == 2:
+            for rib in (a, b):
+                rib.update_many(peer, ((p, None) for p in prefixes))
+            continue
+        path = Path(next_hop=ip_address(f"203.0.113.{which + 1}"), peer=peer)
+        a.announce(peer, path, prefixes)
+        b.update_many(peer, ((p, path) for p in prefixes))
+        assert _state(a) == _state(b)
+    assert _state(a) == _state(b)
+
+
+def test_announce_refuses_a_path_of_another_peer() -> None:
+    rib = Rib()
+    path = Path(next_hop=ip_address("203.0.113.1"), peer=ip_address("198.51.100.3"))
+    with pytest.raises(ValueError):
+        rib.announce(ip_address("198.51.100.2"), path, [IPv4Network("10.0.0.0/24")])
+    rib.announce(ip_address("198.51.100.3"), path, [])
+    assert rib._adj == {}  # an empty announcement leaves no empty per-peer table

@@ -111,3 +111,43 @@ def test_parse_ip_json_v6_blackhole_has_no_device() -> None:
     got = parse_ip_json(json.loads(text), 6)
     assert got[0].route == Route(ip_network("2001:db8:3::/64"), type="blackhole")
     assert got[1].route == Route(ip_network("2001:db8:2::1/128"), ifname="tbwa")
+
+
+@pytest.mark.parametrize(
+    ("dst", "gateway", "ifname", "onlink"),
+    [
+        ("10.1.0.0/26", "198.51.100.9", None, False),
+        ("10.1.0.0/26", "198.51.100.9", "tunl0", True),
+        ("10.1.0.0/26", "198.51.100.9", "eth0", False),
+        ("0.0.0.0/0", "198.51.100.1", None, False),
+        ("10.1.2.3/32", "203.0.113.1", "tunl0", True),
+        ("2001:db8:1::/64", "2001:db8::1", None, False),
+        ("2001:db8:1::/64", "fe80::1", "eth0", False),
+    ],
+)
+def test_route_via_is_the_constructor_faster(
+    dst: str, gateway: str, ifname: str | None, onlink: bool
+) -> None:
+    slow = Route(ip_network(dst), gateway=ip_address(gateway), ifname=ifname, onlink=onlink)
+    fast = Route.via(ip_network(dst), ip_address(gateway), ifname, onlink)
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    for name in ("dst", "ifname", "gateway", "onlink", "scope", "type", "nexthops", "metric"):
+        assert getattr(fast, name) == getattr(slow, name), name
+
+
+@pytest.mark.parametrize(
+    ("dst", "gateway", "ifname", "onlink"),
+    [
+        ("10.1.0.0/26", "2001:db8::1", None, False),  # family mismatch
+        ("10.1.0.0/26", "198.51.100.9", "bad name", False),
+        ("10.1.0.0/26", "198.51.100.9", "x" * 16, False),
+        ("10.1.0.0/26", "198.51.100.9", None, True),  # onlink needs a device
+    ],
+)
+def test_route_via_refuses_what_the_constructor_refuses(
+    dst: str, gateway: str, ifname: str | None, onlink: bool
+) -> None:
+    with pytest.raises(InvalidRouteError):
+        Route(ip_network(dst), gateway=ip_address(gateway), ifname=ifname, onlink=onlink)
+    with pytest.raises(InvalidRouteError):
+        Route.via(ip_network(dst), ip_address(gateway), ifname, onlink)
