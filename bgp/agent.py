@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import gc
 import json
@@ -37,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_network
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bgp import exabgp_api as api
 from bgp import reflect
@@ -89,6 +90,7 @@ from kernel.routes import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 BGP_KINDS = (kinds.NODE, kinds.BGP_CONFIGURATION, kinds.BGP_PEER, kinds.IP_POOL)
 AFFINITY_ROOT = "/calico/ipam/v2/host/"
@@ -136,7 +138,9 @@ YIELD_AFTER_PREFIXES = 500
 # Learned prefixes whose kernel route one control pass computes at most; the rest wait for the
 # next pass, so that a table load is written in batches while the next batch is computed
 # (BgpAgent._apply_routes).
-KERNEL_BATCH = 1000
+KERNEL_BATCH = 2000
+WRITES_IN_FLIGHT = 3  # batches queued to the writer thread at most
+SWITCH_INTERVAL = 0.001  # seconds a thread holds the interpreter lock when another waits
 GC_GEN0_THRESHOLD = 20_000  # allocations between young-generation collections (default 700)
 
 
@@ -206,8 +210,11 @@ class BgpAgent:
         self._keep: dict[Any, Route] = {}  # kernel routes found at start, kept until converged
         self._learned: dict[Any, Route] | None = None  # desired routes for learned prefixes
         self._changed: set[IPNetwork] = set()  # RIB changes whose kernel route is not computed
-        # the kernel writes under way in a worker thread (RouteTable.begin_apply), if any
-        self._writing: tuple[PlannedApply, asyncio.Future[list[OpResult]]] | None = None
+        # batches of kernel writes queued to the writer thread (RouteTable.begin_apply), oldest
+        # first; one thread, so that they reach the kernel in the order they were planned
+        self._writing: collections.deque[tuple[PlannedApply, asyncio.Future[list[OpResult]]]]
+        self._writing = collections.deque()
+        self._writer_thread = concurrent.futures.ThreadPoolExecutor(1, "tabby-bgp-routes")
         self._kernel_inputs: tuple[Any, ...] | None = None
         self._kernel_converged = False  # the convergence _keep was last applied for
         self._next_route_check = 0.0
@@ -896,55 +903,69 @@ class BgpAgent:
             self._work.set()  # the rest in the next pass, while this batch is written
         else:
             batch, self._changed = list(self._changed), set()
-        calc = RouteCalculator(my_address=me, pools=pools, node_addresses=node_addrs)
+        route_for = RouteCalculator(my_address=me, pools=pools, node_addresses=node_addrs).route
+        best_of, learned, own = self.rib.best, self._learned, self.my_blocks
+        set_route = self.routes.set_route  # (it compares with what it has: no change, no write)
         for prefix in batch:
-            paths = self.rib.best(prefix)
+            paths = best_of(prefix)
             route = None
-            if paths and isinstance(prefix, IPv4Network) and prefix not in self.my_blocks:
-                route = calc.route(prefix, paths)
+            if paths and isinstance(prefix, IPv4Network) and prefix not in own:
+                route = route_for(prefix, paths)
             if route is None:
-                if self._learned.pop(prefix, None) is not None:
+                if learned.pop(prefix, None) is not None:
                     self.routes.remove_route(prefix)
-            elif self._learned.get(prefix) != route:
-                self._learned[prefix] = route
-                self.routes.set_route(route)
+            else:
+                learned[prefix] = route
+                set_route(route)
         return True
 
     async def _apply_routes(self) -> None:
-        """Write the route table's changes to the kernel, in a worker thread (ExaBGP's messages
-        keep being read meanwhile: its pipe must never fill).
+        """Write the route table's changes to the kernel from the writer thread (ExaBGP's
+        messages keep being read meanwhile: its pipe must never fill).
 
-        Pipelined: the writes of one batch run while the control loop computes the next
-        (``KERNEL_BATCH``), each pass first recording the batch before (one in flight at a
-        time). A read-back of the kernel, when due, runs with the whole apply in the thread,
-        nothing else in flight."""
-        await self._finish_writing()
+        Pipelined: each pass plans what changed and queues its writes, while the writes of the
+        passes before may still be under way (up to ``WRITES_IN_FLIGHT`` batches, in order, one
+        writer thread); finished batches are recorded first. A read-back of the kernel, when
+        due, waits until nothing is under way and runs with the whole apply in the thread."""
+        self._record_writes(wait=False)
         if self.routes.resync_due():
-            self._log_routes(await asyncio.to_thread(self.routes.apply))
+            await self._drain_writes()
+            self._log_routes(await self._in_writer(self.routes.apply))
             return
+        while len(self._writing) >= WRITES_IN_FLIGHT:
+            await asyncio.wait({self._writing[0][1]})
+            self._record_writes(wait=False)
         planned = self.routes.begin_apply()
         if not planned.ops:
             self._log_routes(self.routes.finish_apply(planned, []))
             return
-        future = asyncio.ensure_future(asyncio.to_thread(self.routes.backend.apply, planned.ops))
+        future = self._in_writer(self.routes.backend.send, planned.prepared)
         future.add_done_callback(lambda _f: self._work.set())  # a pass records it
-        self._writing = (planned, future)
+        self._writing.append((planned, future))
 
-    async def _finish_writing(self) -> None:
-        """Record the kernel writes under way, once they are done."""
-        if self._writing is None:
-            return
-        planned, future = self._writing
-        try:
-            results = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            raise  # the agent is stopping: the thread finishes on its own
-        except Exception as exc:  # the backend reports failures per op; this is a bug
-            log.exception("bgp.route_write_failed")
-            results = [OpResult(OpStatus.ERROR, f"route writer failed: {exc}")] * len(planned.ops)
-            self.routes.invalidate()
-        self._writing = None
-        self._log_routes(self.routes.finish_apply(planned, results))
+    def _in_writer(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """``fn(*args)`` in the writer thread (one thread: writes reach the kernel in order)."""
+        return asyncio.get_running_loop().run_in_executor(self._writer_thread, fn, *args)
+
+    def _record_writes(self, *, wait: bool) -> None:
+        """Record the finished batches at the head of the queue (in the order planned)."""
+        while self._writing and (wait or self._writing[0][1].done()):
+            planned, future = self._writing.popleft()
+            exc = future.exception() if future.done() else None
+            if exc is not None:  # the backend reports failures per op: this is a bug
+                log.error("bgp.route_write_failed error=%r", exc)
+                err = OpResult(OpStatus.ERROR, f"route writer failed: {exc}")
+                results = [err] * len(planned.ops)
+                self.routes.invalidate()
+            else:
+                results = future.result()
+            self._log_routes(self.routes.finish_apply(planned, results))
+
+    async def _drain_writes(self) -> None:
+        """Wait for every batch under way and record it."""
+        if self._writing:
+            await asyncio.wait({f for _p, f in self._writing})
+            self._record_writes(wait=True)
 
     def _log_routes(self, res: ApplyResult) -> None:
         self.metrics.observe_routes(res)
@@ -972,7 +993,7 @@ class BgpAgent:
                 self._reconcile_reflection()
                 self._reconcile_tunnel()
                 periodic = time.monotonic() >= self._next_route_check
-                if self._reconcile_kernel() or periodic or self._writing is not None:
+                if self._reconcile_kernel() or periodic or self._writing:
                     self._next_route_check = time.monotonic() + 5.0
                     if periodic and self.routes.conflicts:
                         # A foreign route (e.g. a static default) holds a destination we want:
@@ -1122,6 +1143,10 @@ class BgpAgent:
         # gen2 passes included (measured: ~10 % of the receive path's time).
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+        # The route writer thread needs the interpreter lock for a moment after each batch the
+        # kernel took: with the default 5 ms switch interval it waited up to that long behind
+        # the control loop each time (docs/bench/bgp.md).
+        sys.setswitchinterval(SWITCH_INTERVAL)
         log.info("bgp.start node=%s state_dir=%s", self.s.node_name, self.s.state_dir)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -1138,6 +1163,9 @@ class BgpAgent:
             self.exit_code = 1
         finally:
             self.syncer.stop()
+            # writes still queued are dropped (the routes stay as they are: a restarted agent
+            # reads them back), the one under way ends
+            self._writer_thread.shutdown(wait=True, cancel_futures=True)
             self.exabgp.stop()
             api_server.close()
             if http is not None:

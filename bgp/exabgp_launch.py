@@ -37,6 +37,10 @@ nothing for ExaBGP to store; tabby runs ``adj-rib-in false`` anyway), and ``Proc
 does not encode that placeholder. The bytes were handed to the API before ``unpack`` runs. Sent
 UPDATEs and every other message are decoded as before. Unpatched, ExaBGP sends each UPDATE
 twice (bytes and JSON); the agent uses the bytes and ignores the JSON copy.
+
+``fast_hexstring``: those bytes are written as hex by ExaBGP's ``hexstring``, one
+``'{:02X}'.format`` per octet (~0.7 ms per full UPDATE, on the path of every received
+route); the patch gives the same text with ``bytes.hex`` (checked equal in the unit tests).
 """
 
 from __future__ import annotations
@@ -48,7 +52,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["main", "prefilter_neighbor_match", "share_unchanged_routes", "skip_update_decoding"]
+__all__ = [
+    "fast_hexstring",
+    "main",
+    "prefilter_neighbor_match",
+    "share_unchanged_routes",
+    "skip_update_decoding",
+]
 
 
 def _install(
@@ -151,10 +161,35 @@ def skip_update_decoding() -> bool:
     )
 
 
+def fast_hexstring() -> bool:
+    """Patch the ``hexstring`` of ExaBGP's JSON encoder (the bytes of every received UPDATE
+    go through it): it formats byte by byte in Python, ~0.7 ms per 4096-octet message;
+    ``bytes.hex`` gives the same text ~100 times faster. True if applied."""
+    try:
+        json_mod = importlib.import_module("exabgp.reactor.api.response.json")
+    except ImportError:
+        return False
+
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        def hexstring(value: Any) -> Any:
+            if isinstance(value, bytes | bytearray | memoryview):
+                return "0x" + value.hex().upper()
+            return original(value)
+
+        return hexstring
+
+    return _install(json_mod, "hexstring", wrap)
+
+
 def main() -> int:
     if os.environ.get("TABBY_EXABGP_PATCH", "1") == "0":
         sys.stderr.write("tabby: ExaBGP runs unpatched (TABBY_EXABGP_PATCH=0)\n")
-    elif not (share_unchanged_routes() & prefilter_neighbor_match() & skip_update_decoding()):
+    elif not (
+        share_unchanged_routes()
+        & prefilter_neighbor_match()
+        & skip_update_decoding()
+        & fast_hexstring()
+    ):
         sys.stderr.write("tabby: ExaBGP runs (partly) unpatched (not 5.0.x): slower\n")
     exabgp_main = importlib.import_module("exabgp.application.main").main
     sys.argv[0] = "exabgp"

@@ -209,6 +209,7 @@ class Rib:
         candidates = by_prefix.get
         mark = self._dirty.add
         watchers = [w.add for w in self._watchers.values()]
+        only = {peer: path}  # copied for a new prefix: a copy does not hash the address again
         for prefix in prefixes:
             old = known(prefix)
             if old is not None and (old is path or old == path):
@@ -216,7 +217,7 @@ class Rib:
             adj[prefix] = path
             cands = candidates(prefix)
             if cands is None:
-                by_prefix[prefix] = {peer: path}
+                by_prefix[prefix] = only.copy()
             else:
                 cands[peer] = path
             mark(prefix)

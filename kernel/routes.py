@@ -47,7 +47,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from kernel.netns import guard_writes
 from kernel.nl import run_cmd
@@ -338,6 +338,15 @@ class ApplyResult:
 # backend seam
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedOps:
+    """Ops made ready to send by ``RouteBackend.prepare`` (the rtnetlink backend: the encoded
+    requests); ``payload`` belongs to the backend that made it."""
+
+    ops: Sequence[RouteOp]
+    payload: Any = None
+
+
 class RouteBackend(Protocol):
     """The kernel as the route table sees it."""
 
@@ -346,7 +355,18 @@ class RouteBackend(Protocol):
         ...
 
     def apply(self, ops: Sequence[RouteOp]) -> list[OpResult]:
-        """Perform ``ops`` in order; one result per op, failures isolated."""
+        """Perform ``ops`` in order; one result per op, failures isolated
+        (``send(prepare(ops))``)."""
+        ...
+
+    def prepare(self, ops: Sequence[RouteOp]) -> PreparedOps:
+        """Everything of ``apply`` before the kernel writes (the owner's thread); never raises:
+        a failure is carried to ``send``'s results."""
+        ...
+
+    def send(self, prepared: PreparedOps) -> list[OpResult]:
+        """The kernel writes of ``prepare``'s result (may run in another thread; ``prepare``
+        and ``send`` of one batch pair up, batches are sent in the order prepared)."""
         ...
 
 
@@ -387,6 +407,12 @@ class FakeRouteBackend:
             for k, kr in self.routes.items()
             if k[0] == table and (protocol is None or kr.protocol == protocol)
         }
+
+    def prepare(self, ops: Sequence[RouteOp]) -> PreparedOps:
+        return PreparedOps(ops)
+
+    def send(self, prepared: PreparedOps) -> list[OpResult]:
+        return self.apply(prepared.ops)
 
     def dump(self, ip_version: int, table: int) -> list[KernelRoute]:
         self.dumps += 1
@@ -579,6 +605,12 @@ class IpRouteBackend:
         text = res.stdout.strip()
         return parse_ip_json(json.loads(text) if text else [], ip_version)
 
+    def prepare(self, ops: Sequence[RouteOp]) -> PreparedOps:
+        return PreparedOps(ops)
+
+    def send(self, prepared: PreparedOps) -> list[OpResult]:
+        return self.apply(prepared.ops)
+
     def apply(self, ops: Sequence[RouteOp]) -> list[OpResult]:
         if not ops:
             return []
@@ -620,6 +652,7 @@ class PlannedApply:
     extras: int  # the first ``extras`` ops delete duplicates of ours
     resynced: bool
     start: float
+    prepared: PreparedOps  # ``backend.send(prepared)`` writes them
 
 
 class RouteTable:
@@ -867,7 +900,7 @@ class RouteTable:
 
         ``allow_refresh=False`` postpones a due periodic read-back (not a needed one)."""
         planned = self.begin_apply(allow_refresh=allow_refresh)
-        results = self.backend.apply(planned.ops) if planned.ops else []
+        results = self.backend.send(planned.prepared) if planned.ops else []
         return self.finish_apply(planned, results)
 
     def resync_due(self, *, allow_refresh: bool = True) -> bool:
@@ -878,27 +911,38 @@ class RouteTable:
     def begin_apply(self, *, allow_refresh: bool = True) -> PlannedApply:
         """``apply`` in three steps, so that the kernel writes can run in another thread while
         the owner goes on changing the desired state: ``begin_apply`` (the owner's thread: a
-        read-back if due, then the plan), ``backend.apply(planned.ops)`` (any thread: touches
-        nothing of the table), ``finish_apply`` (the owner's thread). The destinations being
-        written are not planned again until their results are recorded; one split apply at a
-        time. ``begin_apply`` reads the kernel when a read-back is due (``resync_due``)."""
-        if self._inflight:
-            raise RuntimeError("begin_apply: the previous split apply is not finished")
+        read-back if due, the plan, ``backend.prepare``), ``backend.send(planned.prepared)``
+        (another thread: it touches nothing of the table), ``finish_apply`` (the owner's
+        thread).
+
+        Several split applies may be under way; their writes must reach the kernel in the order
+        they were planned (one writer thread), and each is finished once. A destination being
+        written is not planned again until its result is recorded. A read-back is only possible
+        with nothing under way (``in_flight``): ``begin_apply`` raises otherwise when one is
+        due (``resync_due``)."""
         start = time.perf_counter()
         resynced = False
         if self.resync_due(allow_refresh=allow_refresh):
+            if self._inflight:
+                raise RuntimeError("begin_apply: a read-back is due while writes are under way")
             self._resync()
             resynced = True
         extras = len(self._extra)
         ops = tuple(self._plan())
         self._extra = []  # a failed extra delete schedules a resync, which finds it again
-        self._inflight = {o.route.dst for o in ops}
-        return PlannedApply(ops, extras, resynced, start)
+        self._inflight.update(o.route.dst for o in ops)
+        prepared = self.backend.prepare(ops) if ops else PreparedOps(ops)
+        return PlannedApply(ops, extras, resynced, start, prepared)
+
+    @property
+    def in_flight(self) -> int:
+        """Destinations planned by ``begin_apply`` whose results are not recorded yet."""
+        return len(self._inflight)
 
     def finish_apply(self, planned: PlannedApply, results: Sequence[OpResult]) -> ApplyResult:
-        """Record what ``backend.apply(planned.ops)`` did (see ``begin_apply``)."""
-        self._inflight = set()
+        """Record what ``backend.send(planned.prepared)`` did (see ``begin_apply``)."""
         ops = planned.ops
+        self._inflight.difference_update(o.route.dst for o in ops)
         c = _Counters()
         for i, (o, res) in enumerate(zip(ops, results, strict=True)):
             self._record(o, res, c, extra=i < planned.extras)

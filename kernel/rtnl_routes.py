@@ -37,6 +37,7 @@ import os
 import socket
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from kernel.netns import guard_writes
 from kernel.nl import netlink_socket
@@ -46,6 +47,7 @@ from kernel.routes import (
     OpKind,
     OpResult,
     OpStatus,
+    PreparedOps,
     Route,
     RouteOp,
     classify,
@@ -124,20 +126,23 @@ class UnknownInterfaceError(Exception):
 # The common learned route, an IPv4 unicast via one gateway (no device, no onlink), as one
 # struct: nlmsghdr, rtmsg, RTA_TABLE, RTA_DST, RTA_PRIORITY, RTA_GATEWAY. ``encode_op`` uses it
 # (~0.6 us instead of ~1.8 us per route) and is checked equal to the general encoding.
-_V4_VIA = struct.Struct("=IHHII BBBBBBBBI HHI HH4s HHI HH4s")
+_V4_VIA = struct.Struct("=IHHII BBBBBBBBI HHI HHI HHI HHI")  # addresses: htonl(int)
+_htonl = socket.htonl
 
 
 def encode_op(op: RouteOp, seq: int, ifindex: dict[str, int], ack: bool = False) -> bytes:
     """One rtnetlink request for ``op``; raises ``UnknownInterfaceError`` for a name not in
     ``ifindex``."""
     r: Route = op.route
+    gateway = r.gateway
+    dst = r.dst
     if (
-        op.kind is not OpKind.DELETE
-        and r.gateway is not None
+        gateway is not None
         and r.ifname is None
-        and r.type == "unicast"
-        and r.dst.version == 4
         and not r.onlink
+        and dst.version == 4
+        and r.type == "unicast"
+        and op.kind is not OpKind.DELETE
     ):
         table = op.table
         return _V4_VIA.pack(
@@ -147,7 +152,7 @@ def encode_op(op: RouteOp, seq: int, ifindex: dict[str, int], ack: bool = False)
             seq,
             0,
             socket.AF_INET,
-            r.dst.prefixlen,
+            dst.prefixlen,
             0,
             0,
             table if table < 256 else 0,
@@ -160,13 +165,13 @@ def encode_op(op: RouteOp, seq: int, ifindex: dict[str, int], ack: bool = False)
             table,
             8,
             RTA_DST,
-            r.dst.network_address.packed,
+            _htonl(int(dst.network_address)),
             8,
             RTA_PRIORITY,
             r.metric or 0,
             8,
             RTA_GATEWAY,
-            r.gateway.packed,
+            _htonl(int(gateway)),
         )
     return _encode(op, r, seq, ifindex, ack)
 
@@ -255,19 +260,45 @@ def classify_errno(kind: OpKind, code: int, message: str) -> OpStatus:
     return classify(kind, message)
 
 
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    data: bytes  # CHUNK requests at most, the last one acknowledged
+    where: dict[int, int]  # sequence number -> index of its op
+    barrier: int  # the acknowledged request's sequence number
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    chunks: list[_Chunk]
+    results: list[OpResult]  # OK, or NO_INTERFACE for ops that were not encoded
+
+
 class NetlinkRouteBackend:
     """``RouteBackend`` writing with rtnetlink batches (see the module doc); dumps with ``ip``."""
 
     def __init__(self, netns: str | None) -> None:
         self.netns = netns
         self._dumper = IpRouteBackend(netns)
-        self._sock: socket.socket | None = None
-        self._seq = 0
+        self._sock: socket.socket | None = None  # writes (``send``)
+        self._lookup: socket.socket | None = None  # interface indexes (``prepare``)
+        self._seq = 0  # last sequence number used (``prepare`` only)
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def _close_lookup(self) -> None:
+        if self._lookup is not None:
+            self._lookup.close()
+            self._lookup = None
+
+    def _lookup_socket(self) -> socket.socket:
+        if self._lookup is None:
+            sock = netlink_socket(self.netns, 0)
+            sock.settimeout(REPLY_TIMEOUT)
+            self._lookup = sock
+        return self._lookup
 
     def dump(self, ip_version: int, table: int) -> list[KernelRoute]:
         return self._dumper.dump(ip_version, table)
@@ -314,55 +345,84 @@ class NetlinkRouteBackend:
         return out
 
     def apply(self, ops: Sequence[RouteOp]) -> list[OpResult]:
+        return self.send(self.prepare(ops))
+
+    def prepare(self, ops: Sequence[RouteOp]) -> PreparedOps:
+        """Resolve interface names (on a socket of its own: ``send`` may be using the write
+        socket in another thread) and encode every request, in chunks of ``CHUNK``."""
+        if not ops:
+            return PreparedOps(ops)
+        try:
+            return PreparedOps(ops, self._encode(ops))
+        except OSError as exc:
+            self._close_lookup()
+            text = f"netlink: {exc.strerror or exc}"
+            log.warning("routes.netlink_failed netns=%s error=%s", self.netns, text)
+            return PreparedOps(ops, [OpResult(OpStatus.ERROR, text)] * len(ops))
+
+    def send(self, prepared: PreparedOps) -> list[OpResult]:
+        """Send the chunks ``prepare`` encoded; one result per op."""
+        ops, payload = prepared.ops, prepared.payload
         if not ops:
             return []
+        if not isinstance(payload, _Encoded):
+            return list(payload)  # prepare failed: its results
         guard_writes(self.netns)
         try:
-            return self._apply(ops)
+            return self._send(ops, payload)
         except OSError as exc:
             self.close()
             text = f"netlink: {exc.strerror or exc}"
             log.warning("routes.netlink_failed netns=%s error=%s", self.netns, text)
             return [OpResult(OpStatus.ERROR, text)] * len(ops)
 
-    def _apply(self, ops: Sequence[RouteOp]) -> list[OpResult]:
-        sock = self._socket()
+    def _encode(self, ops: Sequence[RouteOp]) -> _Encoded:
         names: set[str] = set()
         for op in ops:
-            if op.kind is not OpKind.DELETE:
-                names |= op.route.ifnames
-        ifindex = self._ifindexes(sock, names) if names else {}
+            r = op.route
+            if op.kind is OpKind.DELETE:
+                continue
+            if r.ifname is not None:
+                names.add(r.ifname)
+            elif r.nexthops:
+                names |= r.ifnames
+        ifindex = self._ifindexes(self._lookup_socket(), names) if names else {}
         ok = OpResult(OpStatus.OK)
         results: list[OpResult] = [ok] * len(ops)
+        chunks: list[_Chunk] = []
+        seq = self._seq
         for start in range(0, len(ops), CHUNK):
-            part = ops[start : start + CHUNK]
-            first = self._seq + 1
-            barrier = 0
             msgs: list[bytes] = []
             where: dict[int, int] = {}  # seq -> index into ops
-            for i, op in enumerate(part):
-                seq = self._next_seq()
+            for i in range(start, min(start + CHUNK, len(ops))):
+                seq = (seq + 1) & 0x7FFFFFFF or 1
                 try:
-                    msgs.append(encode_op(op, seq, ifindex))
+                    msgs.append(encode_op(ops[i], seq, ifindex))
                 except UnknownInterfaceError as exc:
-                    results[start + i] = OpResult(
+                    results[i] = OpResult(
                         OpStatus.NO_INTERFACE, f'Cannot find device "{exc.ifname}"'
                     )
                     continue
-                where[seq] = start + i
-                barrier = seq
-            if not msgs:
-                continue
-            # the last request is acknowledged: its reply ends the chunk's replies
-            msgs[-1] = _with_ack(msgs[-1])
-            sock.send(b"".join(msgs))
+                where[seq] = i
+            if msgs:
+                # the last request is acknowledged: its reply ends the chunk's replies
+                msgs[-1] = _with_ack(msgs[-1])
+                chunks.append(_Chunk(b"".join(msgs), where, seq))
+        self._seq = seq
+        return _Encoded(chunks, results)
+
+    def _send(self, ops: Sequence[RouteOp], encoded: _Encoded) -> list[OpResult]:
+        sock = self._socket()
+        results = list(encoded.results)
+        for chunk in encoded.chunks:
+            sock.send(chunk.data)
             try:
-                self._collect(sock, ops, where, barrier, results)
+                self._collect(sock, ops, chunk.where, chunk.barrier, results)
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                log.warning("routes.netlink_overrun first_seq=%d", first)
-                for idx in where.values():
+                log.warning("routes.netlink_overrun last_seq=%d", chunk.barrier)
+                for idx in chunk.where.values():
                     results[idx] = OpResult(OpStatus.ERROR, "netlink receive buffer overrun")
         return results
 

@@ -137,3 +137,26 @@ def test_received_updates_are_not_decoded_by_exabgp() -> None:
         check=False,
     )
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_fast_hexstring_gives_exabgps_text() -> None:
+    """Checked in a fresh interpreter (the patch is process-wide) against ExaBGP's own."""
+    script = (
+        "import importlib, random\n"
+        "from bgp.exabgp_launch import fast_hexstring\n"
+        "util = importlib.import_module('exabgp.util')\n"
+        "json_mod = importlib.import_module('exabgp.reactor.api.response.json')\n"
+        "assert json_mod.hexstring is util.hexstring\n"
+        "assert fast_hexstring() and fast_hexstring()\n"
+        "assert json_mod.hexstring is not util.hexstring\n"
+        "rng = random.Random(7)\n"
+        "for n in [0, 1, 2, 19, 4096, *range(3, 64)]:\n"
+        "    b = bytes(rng.randrange(256) for _ in range(n))\n"
+        "    for v in (b, bytearray(b), memoryview(b)):\n"
+        "        assert json_mod.hexstring(v) == util.hexstring(v), (n, type(v))\n"
+        "print('ok')\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -306,13 +306,16 @@ def test_split_apply_changes_during_the_writes_are_applied_next() -> None:
     rt.set_route(gw_route("10.1.0.0/26", "198.51.100.7"))
     rt.remove_route(net("10.3.0.0/26"))
     rt.set_route(gw_route("10.4.0.0/26"))
-    with pytest.raises(RuntimeError):
-        rt.begin_apply()  # one split apply at a time
+    second = rt.begin_apply()  # under way at the same time: only what is not in flight
+    assert [(o.kind.value, str(o.route.dst)) for o in second.ops] == [("add", "10.4.0.0/26")]
+    assert rt.in_flight == 3
     rt.finish_apply(planned, fake.apply(planned.ops))
-    second = rt.begin_apply()
-    kinds = {(o.kind.value, str(o.route.dst)) for o in second.ops}
-    assert kinds == {("replace", "10.1.0.0/26"), ("del", "10.3.0.0/26"), ("add", "10.4.0.0/26")}
     rt.finish_apply(second, fake.apply(second.ops))
+    assert rt.in_flight == 0
+    third = rt.begin_apply()
+    kinds = {(o.kind.value, str(o.route.dst)) for o in third.ops}
+    assert kinds == {("replace", "10.1.0.0/26"), ("del", "10.3.0.0/26")}
+    rt.finish_apply(third, fake.apply(third.ops))
     assert fake.table(FELIX) == rt.desired_routes()
     assert set(rt.desired_routes()) == {net("10.1.0.0/26"), net("10.4.0.0/26")}
     assert rt.apply().writes == 0
@@ -329,3 +332,14 @@ def test_split_apply_in_flight_destinations_are_not_planned_again() -> None:
     res = rt.apply()
     assert (res.added, res.replaced, res.writes) == (1, 1, 2)
     assert fake.table(FELIX) == rt.desired_routes()
+
+
+def test_split_apply_read_back_waits_for_the_writes() -> None:
+    fake, rt = make()
+    rt.set_route(gw_route("10.1.0.0/26"))
+    planned = rt.begin_apply()
+    rt.invalidate()
+    with pytest.raises(RuntimeError):
+        rt.begin_apply()  # a read-back while writes are under way would record stale state
+    rt.finish_apply(planned, fake.apply(planned.ops))
+    assert rt.begin_apply().resynced
