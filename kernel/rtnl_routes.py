@@ -390,7 +390,7 @@ class NetlinkRouteBackend:
         ok = OpResult(OpStatus.OK)
         results: list[OpResult] = [ok] * len(ops)
         chunks: list[_Chunk] = []
-        seq = self._seq
+        seq = barrier = self._seq
         for start in range(0, len(ops), CHUNK):
             msgs: list[bytes] = []
             where: dict[int, int] = {}  # seq -> index into ops
@@ -404,10 +404,11 @@ class NetlinkRouteBackend:
                     )
                     continue
                 where[seq] = i
+                barrier = seq
             if msgs:
                 # the last request is acknowledged: its reply ends the chunk's replies
                 msgs[-1] = _with_ack(msgs[-1])
-                chunks.append(_Chunk(b"".join(msgs), where, seq))
+                chunks.append(_Chunk(b"".join(msgs), where, barrier))
         self._seq = seq
         return _Encoded(chunks, results)
 

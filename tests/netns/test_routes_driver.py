@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 import pytest
@@ -223,3 +224,19 @@ def test_netlink_device_down_is_pending_not_error(netns: NetnsFactory) -> None:
         ]
     )
     assert res[0].status is OpStatus.NO_INTERFACE, res
+
+
+def test_netlink_chunk_ending_with_an_unknown_interface(netns: NetnsFactory) -> None:
+    """The acknowledged request of a chunk is the last one encoded: a last op that could not
+    be encoded (no such device) must not leave the backend waiting for an answer."""
+    ns = node(netns)
+    gw = ip_address("198.51.100.9")
+    ops = [
+        op(OpKind.REPLACE, Route(net("10.73.0.0/26"), gateway=gw)),
+        op(OpKind.REPLACE, Route(net("10.73.0.64/26"), ifname="nosuch0")),
+    ]
+    t = time.monotonic()
+    res = NetlinkRouteBackend(ns).apply(ops)
+    assert time.monotonic() - t < 2.0
+    assert [r.status for r in res] == [OpStatus.OK, OpStatus.NO_INTERFACE]
+    assert set(routes(ns, "proto", "81")) == {"10.73.0.0/26"}
