@@ -1039,6 +1039,8 @@ class BgpAgent:
                     "rrRole": _rr_role(st.spec, cluster_id),
                     "prefixesReflected": self.adj_out.count(addr, st.router_id),
                     "rejectedLoops": st.rejected,
+                    # RFC 7606: UPDATEs treated as withdrawn or that reset the session
+                    "malformedUpdates": st.malformed,
                 }
             )
         return {

@@ -6,9 +6,15 @@ event to the API process's stdin (JSON with ``encoder json``) interleaved with o
 a typed event; ``announce_route`` / ``withdraw_route`` / ``announce_eor`` / ``teardown`` render
 commands; ``AckTracker`` matches acknowledgements to commands (ExaBGP answers in order).
 
+Received UPDATEs come as their bytes (the API's ``packets`` output, ``RawUpdateEvent``;
+``decode_raw`` turns them into ``UpdateEvent`` / ``EorEvent`` with ``bgp.wire``): tabby's
+ExaBGP does not decode them (``bgp.exabgp_launch``). The parsed JSON form of an UPDATE is still
+understood (an unpatched ExaBGP sends it as well; the agent ignores it then, the bytes count).
+
 Inputs: lines (without the trailing newline) read from ExaBGP.
-Outputs: ``StateEvent``, ``OpenEvent``, ``UpdateEvent``, ``EorEvent``, ``NotificationEvent``,
-``ShutdownEvent``, ``Ack``, ``IgnoredEvent``; command strings (no newline).
+Outputs: ``StateEvent``, ``OpenEvent``, ``RawUpdateEvent``, ``UpdateEvent``, ``EorEvent``,
+``NotificationEvent``, ``ShutdownEvent``, ``Ack``, ``IgnoredEvent``; command strings (no
+newline).
 
 JSON shapes (captured from ExaBGP 5.0.15, fixtures in ``tests/data/exabgp/``; note that
 ExaBGP 5.0.15 reports ``"exabgp": "5.0.0"``)::
@@ -27,6 +33,9 @@ ExaBGP 5.0.15 reports ``"exabgp": "5.0.0"``)::
         "announce": {"ipv4 unicast": {"198.51.100.1": [{"nlri": "10.65.2.0/26"}]}},
         "withdraw": {"ipv4 unicast": [{"nlri": "10.65.3.0/26"}]}}}}}
     ... "type": "update", "neighbor": {..., "message": {"eor": {"afi": "ipv4", "safi": "unicast"}}}
+    ... "type": "update", "neighbor": {..., "direction": "receive",
+        "message": {"category": 2, "header": "0xFFFF...", "body": "0x0000001C4001..."}}
+                                                        (``packets``: the bytes, upper-case hex)
     ... "type": "notification", "neighbor": {..., "direction": "receive",
         "notification": {"code": 6, "subcode": 2, "data": "0x", "message": ""}}}
     ... "type": "notification", "notification": "shutdown"}          (ExaBGP is exiting)

@@ -188,6 +188,7 @@ def test_malformed_attribute_is_treated_as_withdraw(
     assert seen["prefixes"] == {IPv4Network("10.3.0.0/26")}
     assert "bgp.update_treat_as_withdraw" in caplog.text and "ORIGIN" in caplog.text
     assert agent.peers[PEER].malformed == 1 and seen["states"] == {str(PEER): "established"}
+    assert agent.status()["peers"][0]["malformedUpdates"] == 1
     assert agent.api_errors == 0 and seen["commands"] == ()
 
 
