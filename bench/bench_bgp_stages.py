@@ -14,9 +14,9 @@ order the agent runs it for a table load:
 2. ``Rib.announce`` with ``UpdateEvent.path_groups``: the Adj-RIB-In;
 3. best path + ``RouteCalculator.route`` + ``RouteTable.set_route`` for each changed prefix
    (the incremental body of ``BgpAgent._reconcile_kernel``);
-4. ``RouteTable._plan``: the diff against what the kernel holds (empty here);
-5. ``rtnl_routes.encode_op``: the rtnetlink messages;
-6. ``RouteTable._record``: bookkeeping of the (fake) results.
+4. ``RouteTable.begin_apply``: the diff against what the kernel holds (empty here);
+5. ``rtnl_routes.encode_op``: the rtnetlink messages (``NetlinkRouteBackend.prepare``);
+6. ``RouteTable.finish_apply``: bookkeeping of the (fake) results.
 
 The kernel's own work per route (~3.4 us of system time on the project's machine, see
 docs/bench/routes.md) comes on top, as does ExaBGP's reading of the messages.
@@ -42,7 +42,7 @@ from bgp.kernel_routes import RouteCalculator
 from bgp.model import Path, PoolInfo
 from bgp.rib import Rib
 from kernel import rtnl_routes
-from kernel.routes import FakeRouteBackend, OpResult, Route, RouteOp, RouteTable, _Counters
+from kernel.routes import FakeRouteBackend, OpResult, PlannedApply, Route, RouteTable
 
 PEER = IPv4Address("198.51.100.10")
 RESULTS = FilePath(__file__).resolve().parent.parent / "docs" / "bench" / "bgp-stages.md"
@@ -123,16 +123,12 @@ def one_pass(lines: Sequence[str], routes: int) -> dict[str, float]:
                 table.set_route(route)
 
     stage("reconcile", reconcile)
-    ops: list[RouteOp] = stage("plan", table._plan)
+    table._resync_due = False  # (the fake kernel is empty: nothing to read back)
+    planned: PlannedApply = stage("plan", table.begin_apply)
+    ops = planned.ops
     stage("encode", lambda: [rtnl_routes.encode_op(o, i + 1, {}) for i, o in enumerate(ops)])
     results: list[OpResult] = table.backend.apply(ops)
-
-    def record() -> None:
-        c = _Counters()
-        for o, r in zip(ops, results, strict=True):
-            table._record(o, r, c, extra=False)
-
-    stage("record", record)
+    stage("record", lambda: table.finish_apply(planned, results))
     if len(ops) != routes:
         raise RuntimeError(f"{len(ops)} kernel operations for {routes} routes")
     return out
@@ -142,9 +138,9 @@ LABELS = {
     "decode": "API line -> UPDATE bytes -> routes (`parse_line`, `decode_raw`)",
     "rib": "Adj-RIB-In (`Rib.announce`)",
     "reconcile": "best path + kernel route + desired state (`_reconcile_kernel` body)",
-    "plan": "diff against the kernel (`RouteTable._plan`)",
+    "plan": "diff against the kernel (`RouteTable.begin_apply`)",
     "encode": "rtnetlink encoding (`encode_op`)",
-    "record": "result bookkeeping (`RouteTable._record`)",
+    "record": "result bookkeeping (`RouteTable.finish_apply`)",
 }
 
 

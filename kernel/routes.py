@@ -720,7 +720,8 @@ class RouteTable:
         return out
 
     def set_route(self, route: Route) -> None:
-        self._check(route)
+        if route.dst.version != self.ip_version:
+            self._check(route)  # raises
         if self._prefix.get(route.dst) != route:
             self._prefix[route.dst] = route
             self._dirty.add(route.dst)
@@ -944,8 +945,30 @@ class RouteTable:
         ops = planned.ops
         self._inflight.difference_update(o.route.dst for o in ops)
         c = _Counters()
-        for i, (o, res) in enumerate(zip(ops, results, strict=True)):
-            self._record(o, res, c, extra=i < planned.extras)
+        if len(results) != len(ops):
+            raise ValueError(f"{len(results)} results for {len(ops)} route operations")
+        # the common case inline (a route added or replaced as planned, nothing suspect, no
+        # interface groups): ~0.3 us per route less than the general _record
+        actual, wanted = self._actual, self._prefix.get
+        clean = self._dirty.discard
+        extras, simple = planned.extras, not self._suspect and not self._iface_owner
+        ok, add, delete = OpStatus.OK, OpKind.ADD, OpKind.DELETE
+        for i, o in enumerate(ops):
+            res = results[i]
+            kind = o.kind
+            if simple and res.status is ok and kind is not delete and i >= extras:
+                route = o.route
+                dst = route.dst
+                actual[dst] = route
+                want = wanted(dst)
+                if want is route or want == route:
+                    clean(dst)  # (desired may have changed while it was written)
+                if kind is add:
+                    c.added += 1
+                else:
+                    c.replaced += 1
+                continue
+            self._record(o, res, c, extra=i < extras)
         duration = time.perf_counter() - planned.start
         result = ApplyResult(
             added=c.added,
