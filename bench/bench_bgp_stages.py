@@ -25,7 +25,6 @@ docs/bench/routes.md) comes on top, as does ExaBGP's reading of the messages.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -43,6 +42,7 @@ from bgp.model import Path, PoolInfo
 from bgp.rib import Rib
 from kernel import rtnl_routes
 from kernel.routes import FakeRouteBackend, OpResult, PlannedApply, Route, RouteTable
+from tests.support.bgp import raw_update_line
 
 PEER = IPv4Address("198.51.100.10")
 RESULTS = FilePath(__file__).resolve().parent.parent / "docs" / "bench" / "bgp-stages.md"
@@ -55,23 +55,9 @@ def update_lines(routes: int) -> list[str]:
     offset = 0
     while offset < len(stream):
         length = int.from_bytes(stream[offset + 16 : offset + 18], "big")
-        header, body = stream[offset : offset + 19], stream[offset + 19 : offset + length]
+        body = stream[offset + 19 : offset + length]
         offset += length
-        doc = {
-            "exabgp": "5.0.0",
-            "type": "update",
-            "neighbor": {
-                "address": {"local": "198.51.100.1", "peer": str(PEER)},
-                "asn": {"local": 64512, "peer": 64512},
-                "direction": "receive",
-                "message": {
-                    "category": 2,
-                    "header": "0x" + header.hex().upper(),
-                    "body": "0x" + body.hex().upper(),
-                },
-            },
-        }
-        out.append(json.dumps(doc))
+        out.append(raw_update_line(body, peer=str(PEER)).decode().rstrip("\n"))
     return out
 
 
