@@ -935,7 +935,9 @@ class BgpAgent:
         while len(self._writing) >= WRITES_IN_FLIGHT:
             await asyncio.wait({self._writing[0][1]})
             self._record_writes(wait=False)
-        planned = self.routes.begin_apply()
+        # a periodic read-back only through the branch above: one falling due between that
+        # check and this call must not run here, with batches under way
+        planned = self.routes.begin_apply(allow_refresh=False)
         if not planned.ops:
             self._log_routes(self.routes.finish_apply(planned, []))
             return
