@@ -1,7 +1,9 @@
 """Route driver: desired routes of one owner (a route protocol number) kept in the kernel.
 
 Role: felix (protocol 80) and the BGP agent (protocol 81) say which routes they want with cheap,
-I/O-free calls; ``RouteTable.apply()`` is the only method that touches the kernel. Modelled on the
+I/O-free calls; ``RouteTable.apply()`` is the only method that touches the kernel, or its three
+steps (``begin_apply``, ``backend.send``, ``finish_apply``) when the writes run in another
+thread while the owner changes the desired state (the BGP agent's table loads). Modelled on the
 routetable of Calico's Go felix, written for this project.
 
 Inputs: ``set_routes`` (the whole per-prefix set), ``set_route`` / ``remove_route`` (one prefix),
