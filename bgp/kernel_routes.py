@@ -187,7 +187,8 @@ def _route_for(prefix: IPv4Network, paths: Sequence[Path], ctx: _Context) -> Rou
 class RouteCalculator:
     """The kernel route for one learned prefix (None: nothing to install), for many prefixes
     with the same inputs: the pool index and next-hop cache are built once (the agent makes
-    one calculator per reconcile)."""
+    one calculator per reconcile). Not to be kept across RIB changes: it remembers best paths
+    by identity, which is only safe while they are alive."""
 
     __slots__ = ("_ctx",)
 
