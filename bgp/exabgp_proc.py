@@ -3,10 +3,13 @@
 Role: own one ExaBGP process for the agent. The configuration is written atomically into the
 agent's state directory; a changed peer set is applied with a reload (SIGUSR1: ExaBGP keeps the
 sessions whose configuration did not change); a dead ExaBGP is restarted with backoff. ExaBGP
-performs a reload later, on its own schedule (once no neighbour has updates waiting); one not
-performed ``RELOAD_DEADLINE`` after the signal (no "performing reload" in its log since) is
-treated as stuck: ExaBGP is restarted, so that it runs the current configuration (peers keep
-our routes through graceful restart).
+5.0 drops a SIGUSR1 that arrives while a neighbour has updates waiting to be sent (it re-arms
+its signal before that check, measured in a lab: a neighbour that is down keeps the updates
+announced since, until its next failed connection attempt resets them), so a reload not
+performed ``RELOAD_RETRY`` after the signal (no "performing reload" in its log since) is
+signalled again; one still not performed ``RELOAD_DEADLINE`` after the first signal is treated
+as stuck: ExaBGP is restarted, so that it runs the current configuration (peers keep our
+routes through graceful restart).
 Invariants: the only ExaBGP process ever signalled is the one this object started (by PID), or
 one recorded in our own PID file whose command line names our configuration file (a leftover of
 a previous agent run); ExaBGP's log goes to a file in the state directory.
@@ -29,6 +32,7 @@ from bgp.exabgp_config import render_env
 log = logging.getLogger(__name__)
 RELOAD_GRACE = 5.0  # seconds after a start before SIGUSR1 is safe
 RELOAD_DEADLINE = 60.0  # seconds for ExaBGP to perform a reload it was signalled for
+RELOAD_RETRY = 5.0  # seconds between signals while a reload has not been performed
 RELOAD_DONE = b"performing reload of exabgp"  # ExaBGP's log line when it reloads
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for an ExaBGP being replaced
 
@@ -63,6 +67,7 @@ class ExabgpProcess:
         self.started_config = ""  # the configuration the running ExaBGP started with
         # first SIGUSR1 not yet performed: (monotonic time sent, log size at that moment)
         self.reload_waiting: tuple[float, int] | None = None
+        self._last_reload_signal = 0.0
         self.stuck_reloads = 0
         self.terminating_since: float | None = None  # SIGTERM sent after a stuck reload
 
@@ -150,6 +155,7 @@ class ExabgpProcess:
         self.reload_pending = False
         if self.reload_waiting is None:
             self.reload_waiting = (time.monotonic(), self._log_size())
+        self._last_reload_signal = time.monotonic()
         self.proc.send_signal(signal.SIGUSR1)
 
     def _log_size(self) -> int:
@@ -174,9 +180,13 @@ class ExabgpProcess:
         if self._reload_performed(offset):
             self.reload_waiting = None
             return
-        if now - sent < RELOAD_DEADLINE:
-            return
         assert self.proc is not None
+        if now - sent < RELOAD_DEADLINE:
+            if now - self._last_reload_signal >= RELOAD_RETRY:
+                log.info("exabgp.reload_again pid=%d waited_s=%.0f", self.proc.pid, now - sent)
+                self._last_reload_signal = now
+                self.proc.send_signal(signal.SIGUSR1)
+            return
         self.stuck_reloads += 1
         log.warning(
             "exabgp.reload_stuck pid=%d waited_s=%.0f action=restart", self.proc.pid, now - sent

@@ -13,6 +13,7 @@ from bgp.exabgp_proc import (
     RELOAD_DEADLINE,
     RELOAD_DONE,
     RELOAD_GRACE,
+    RELOAD_RETRY,
     STOP_GRACE,
     ExabgpProcess,
 )
@@ -106,3 +107,36 @@ def test_exabgp_ignoring_sigterm_is_killed(proc: ExabgpProcess) -> None:
         assert first.poll() is not None
     finally:
         _stop(proc)
+
+
+# A child that counts the SIGUSR1s it gets (one line each) and never reloads: ExaBGP 5.0
+# dropping a reload signal that came while a neighbour had updates waiting.
+COUNTING = (
+    "import os, signal, time\n"
+    "signal.signal(signal.SIGUSR1, lambda *_: os.write(1, b'usr1\\n'))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_a_reload_not_performed_is_signalled_again(tmp_path: Path) -> None:
+    p = ExabgpProcess(tmp_path)
+    p.write_config("process x { run /bin/true; }\n")
+    p.proc = subprocess.Popen([sys.executable, "-c", COUNTING], stdout=subprocess.PIPE)
+    try:
+        assert p.proc.stdout is not None
+        assert p.proc.stdout.readline() == b"ready\n"
+        p.started_at = time.monotonic() - RELOAD_GRACE
+        p.reload()
+        assert p.proc.stdout.readline() == b"usr1\n"
+        now = time.monotonic()
+        assert not p.check(now + 1)  # too early to ask again
+        assert not p.check(now + RELOAD_RETRY + 1)  # asked again
+        assert p.proc.stdout.readline() == b"usr1\n"
+        assert p.reload_waiting is not None  # still counted from the first signal
+        with open(p.log_path, "ab") as f:
+            f.write(b"configuration | " + RELOAD_DONE + b" 5.0.15\n")
+        assert not p.check(now + 2 * RELOAD_RETRY + 2)
+        assert p.reload_waiting is None and p.stuck_reloads == 0
+    finally:
+        _stop(p)
