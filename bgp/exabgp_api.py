@@ -60,7 +60,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from typing import Literal
@@ -198,12 +198,6 @@ class UpdateEvent:
             )
             for hop, prefixes in self.reach
         ]
-
-    def paths(self, router_id: IPv4Address | None) -> Iterable[tuple[IPv4Network, Path]]:
-        """``path_groups`` flattened: (prefix, path) per announced prefix."""
-        for path, prefixes in self.path_groups(router_id):
-            for prefix in prefixes:
-                yield prefix, path
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,10 +122,10 @@ def test_captured_stream_drives_rib() -> None:
         if isinstance(ev, OpenEvent):
             router_ids[ev.session.peer] = ev.router_id
         elif isinstance(ev, UpdateEvent):
-            for prefix, path in ev.paths(router_ids.get(ev.session.peer)):
-                rib.update(ev.session.peer, prefix, path)
-            for prefix in ev.withdrawn:
+            for prefix in ev.withdrawn:  # the message's order, as the agent applies it
                 rib.update(ev.session.peer, prefix, None)
+            for path, prefixes in ev.path_groups(router_ids.get(ev.session.peer)):
+                rib.announce(ev.session.peer, path, prefixes)
         elif isinstance(ev, StateEvent) and ev.state == "down":
             rib.peer_down(ev.session.peer)
     best = {p: rib.best(p) for p in rib.prefixes()}
@@ -201,7 +201,7 @@ def test_as_set_ipv6_family_ignored_and_several_next_hops() -> None:
         ("10.2.0.0/26", "198.51.100.3"),
     ]
     assert ev.withdrawn == (ip_network("10.3.0.0/26"),)
-    paths = dict(ev.paths(IPv4Address("198.51.100.2")))
+    paths = {p: path for path, ps in ev.path_groups(IPv4Address("198.51.100.2")) for p in ps}
     p = paths[IPv4Network("10.1.0.0/26")]
     assert p.as_path_length == 2 and p.ebgp and p.neighbour_as == 64513
 
