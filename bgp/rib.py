@@ -6,7 +6,7 @@ routes or, with graceful restart, marks them stale until that peer's End-of-RIB 
 deadline (``expire_stale``); ``best(prefix)`` selects; ``changes()`` drains the prefixes whose
 candidate set changed since the last call.
 
-Inputs: ``Path`` values (from ``bgp.exabgp_api.UpdateEvent.paths``), peer addresses, times
+Inputs: ``Path`` values (from ``bgp.exabgp_api.UpdateEvent.path_groups``), peer addresses, times
 (``now`` is passed in: the RIB never reads a clock).
 Outputs: ``best(prefix) -> tuple[Path, ...]`` (best first; several when ECMP is enabled),
 dirty prefixes.
